@@ -1,0 +1,105 @@
+"""Turns each task's labelled records into episodes (support then query).
+
+Every task keeps a window of its most recent ``support_size + query_size``
+labelled records. Once a task has more than ``query_size`` records, every
+``stride`` new records emit an episode: the newest ``query_size`` records are
+the query set, the ones before them (up to ``support_size``) the support set.
+Early episodes therefore have small support sets, which is what the learner
+faces on the stream: a new task's first records.
+
+>>> import torch
+>>> b = EpisodeBuilder(support_size=2, query_size=1, stride=1, max_tasks=10)
+>>> [len(b.add("t", torch.zeros(3), 1)) for _ in range(4)]
+[0, 1, 1, 1]
+>>> b.window("t")[0].shape
+torch.Size([3, 3])
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import torch
+
+from stream_meta.meta import Episode
+
+
+@dataclass
+class _TaskWindow:
+    xs: deque
+    ys: deque
+    seen: int = 0  # labelled records of this task so far
+    since_episode: int = 0
+
+
+@dataclass
+class EpisodeBuilder:
+    """Bounded per-task windows; the least recently used task is evicted past ``max_tasks``."""
+
+    support_size: int
+    query_size: int
+    stride: int
+    max_tasks: int
+    _tasks: OrderedDict = field(default_factory=OrderedDict, repr=False)
+
+    def _window(self, task: str) -> _TaskWindow:
+        w = self._tasks.get(task)
+        if w is None:
+            size = self.support_size + self.query_size
+            w = self._tasks[task] = _TaskWindow(deque(maxlen=size), deque(maxlen=size))
+            while len(self._tasks) > self.max_tasks:
+                self._tasks.popitem(last=False)
+        self._tasks.move_to_end(task)
+        return w
+
+    def add(self, task: str, x: torch.Tensor, y: int) -> list[Episode]:
+        """Adds one labelled record; returns the episodes it completes (0 or 1)."""
+        w = self._window(task)
+        w.xs.append(x)
+        w.ys.append(int(y))
+        w.seen += 1
+        w.since_episode += 1
+        if len(w.xs) <= self.query_size or w.since_episode < self.stride:
+            return []
+        w.since_episode = 0
+        xs, ys = self.window(task)
+        q = self.query_size
+        return [Episode(task, xs[:-q], ys[:-q], xs[-q:], ys[-q:])]
+
+    def window(self, task: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The task's recent labelled records as ``(x, y)`` tensors, or None if none."""
+        w = self._tasks.get(task)
+        if w is None or not w.xs:
+            return None
+        return torch.stack(tuple(w.xs)), torch.tensor(tuple(w.ys), dtype=torch.long)
+
+    def seen(self, task: str) -> int:
+        """How many labelled records of ``task`` were added (0 for unknown / evicted)."""
+        w = self._tasks.get(task)
+        return 0 if w is None else w.seen
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def state_dict(self) -> dict:
+        return {
+            "tasks": [
+                {
+                    "task": t,
+                    "x": torch.stack(tuple(w.xs)) if w.xs else torch.empty(0),
+                    "y": torch.tensor(tuple(w.ys), dtype=torch.long),
+                    "seen": w.seen,
+                    "since_episode": w.since_episode,
+                }
+                for t, w in self._tasks.items()
+            ]
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._tasks.clear()
+        for entry in state["tasks"]:
+            w = self._window(entry["task"])
+            w.xs.extend(entry["x"].unbind(0) if entry["x"].numel() else ())
+            w.ys.extend(int(v) for v in entry["y"])
+            w.seen, w.since_episode = int(entry["seen"]), int(entry["since_episode"])
