@@ -26,3 +26,7 @@ class RecordError(StreamMetaError):
 
 class CheckpointError(StreamMetaError):
     """A checkpoint cannot be written or read."""
+
+
+class CheckpointVersionError(CheckpointError):
+    """A checkpoint was written by a newer format version than this code reads."""
