@@ -38,6 +38,7 @@ class RunConfig(BaseModel):
     max_message_bytes: int = Field(1 << 20, ge=64, description="larger messages are rejected as too_large")
     poll_timeout_ms: int = Field(500, ge=1, description="how long one poll waits for records")
     max_poll_records: int = Field(500, ge=1, description="records fetched per poll at most")
+    session_timeout_ms: int = Field(10000, ge=1000, description="consumer-group session timeout")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = Field(None, description="e.g. PLAIN, SCRAM-SHA-512")
     sasl_username: str | None = None

@@ -1,0 +1,174 @@
+"""Kafka source and sink (kafka-python). The only module that imports ``kafka``.
+
+Offsets are never auto-committed: the daemon commits them after each
+checkpoint, and on (re)assignment seeks each partition to the offset its
+checkpoint holds, so state and offsets move together.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from connectors.base import Offsets, RawRecord
+from stream_meta.errors import StreamMetaError
+
+log = logging.getLogger(__name__)
+
+
+class ConnectorError(StreamMetaError):
+    """The broker could not be reached or refused an operation (retryable)."""
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, source: "KafkaSource") -> None:
+        self.source = source
+
+    def on_partitions_revoked(self, revoked):
+        if revoked and self.source.on_revoke is not None:
+            self.source.on_revoke()
+
+    def on_partitions_assigned(self, assigned):
+        self.source._assigned(list(assigned))
+
+
+class KafkaSource:
+    """Consumes ``topic`` in consumer group ``group``.
+
+    ``start_offsets`` (from the latest checkpoint) win over the group's committed
+    offsets; ``on_revoke`` runs before partitions are taken away, so the owner can
+    checkpoint and commit what it has learned.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic: str,
+        group: str,
+        start_offsets: Offsets | None = None,
+        on_revoke: Callable[[], None] | None = None,
+        max_poll_records: int = 500,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.on_revoke = on_revoke
+        self._start = dict(start_offsets or {})
+        self._targets: dict[TopicPartition, int] | None = None
+        try:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=bootstrap.split(","),
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=max_poll_records,
+                **(client_options or {}),
+            )
+        except KafkaError as exc:
+            raise ConnectorError(f"cannot connect to Kafka at {bootstrap}: {exc}") from exc
+        self._consumer.subscribe([topic], listener=_Rebalance(self))
+
+    def _assigned(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            offset = self._start.get((tp.topic, tp.partition))
+            if offset is not None:
+                log.info("seeking %s[%d] to checkpointed offset %d", tp.topic, tp.partition, offset)
+                self._consumer.seek(tp, offset)
+        if self._targets is None and partitions:
+            self._targets = dict(self._consumer.end_offsets(partitions))
+            log.info("end offsets at start: %s", {f"{t.topic}[{t.partition}]": o for t, o in self._targets.items()})
+
+    def poll(self, timeout_s: float) -> list[RawRecord]:
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        except KafkaError as exc:
+            raise ConnectorError(f"poll failed: {exc}") from exc
+        out = []
+        for tp in sorted(batches, key=lambda t: (t.topic, t.partition)):
+            for m in batches[tp]:
+                out.append(RawRecord(m.topic, m.partition, m.offset, m.value, m.key))
+        return out
+
+    def commit(self, offsets: Offsets) -> None:
+        assigned = self._consumer.assignment()
+        to_commit = {
+            TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+            for (t, p), o in offsets.items()
+            if TopicPartition(t, p) in assigned
+        }
+        if not to_commit:
+            return
+        try:
+            self._consumer.commit(to_commit)
+        except KafkaError as exc:
+            raise ConnectorError(f"offset commit failed: {exc}") from exc
+
+    def positions(self) -> Offsets:
+        return {(tp.topic, tp.partition): self._consumer.position(tp) for tp in self._consumer.assignment()}
+
+    def lag(self) -> int | None:
+        total, known = 0, False
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            known = True
+            total += max(0, high - self._consumer.position(tp))
+        return total if known else None
+
+    def backlog_done(self) -> bool:
+        assigned = self._consumer.assignment()
+        if not assigned or self._targets is None:
+            return False
+        return all(self._consumer.position(tp) >= self._targets.get(tp, 0) for tp in assigned)
+
+    def connected(self) -> bool:
+        return bool(self._consumer.assignment())
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class KafkaSink:
+    """Produces with ``acks=all``; :meth:`flush` raises if any send failed."""
+
+    def __init__(self, *, bootstrap: str, client_options: dict[str, Any] | None = None) -> None:
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5, **(client_options or {})
+            )
+        except KafkaError as exc:
+            raise ConnectorError(f"cannot connect to Kafka at {bootstrap}: {exc}") from exc
+        self._pending: list = []
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        self._pending.append(self._producer.send(topic, value=value, key=key, headers=list(headers)))
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self._producer.flush()
+        failed = [f for f in pending if f.failed()]
+        if failed:
+            # The caller must not checkpoint or commit past these records; a restart replays them.
+            raise ConnectorError(f"{len(failed)} sends failed, first: {failed[0].exception}")
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+def client_options(cfg) -> dict[str, Any]:
+    """kafka-python settings for security and timeouts, taken from a RunConfig."""
+    opts: dict[str, Any] = {"security_protocol": cfg.security_protocol}
+    if cfg.sasl_mechanism:
+        opts["sasl_mechanism"] = cfg.sasl_mechanism
+        opts["sasl_plain_username"] = cfg.sasl_username
+        opts["sasl_plain_password"] = cfg.sasl_password.get_secret_value() if cfg.sasl_password else None
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        value = getattr(cfg, name)
+        if value is not None:
+            opts[name] = str(value)
+    return opts
