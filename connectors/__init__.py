@@ -1,0 +1,1 @@
+"""Edges of stream-meta: where records come from and where they go."""
