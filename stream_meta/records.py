@@ -32,6 +32,7 @@ REASONS: tuple[str, ...] = (
     "x_not_list",
     "x_wrong_length",
     "x_not_number",
+    "x_nested",
     "x_not_finite",
     "y_not_integer",
     "y_out_of_range",
@@ -104,6 +105,8 @@ class Decoder:
             raise RecordError("x_wrong_length", f"len(x)={len(x)}, expected {self.input_dim}")
         out = []
         for i, v in enumerate(x):
+            if isinstance(v, (list, dict)):
+                raise RecordError("x_nested", f"x[{i}] is a nested {type(v).__name__}")
             # bool is an int subclass in Python but not a number on the wire.
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise RecordError("x_not_number", f"x[{i}] is {type(v).__name__}")
