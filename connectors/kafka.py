@@ -41,7 +41,8 @@ class KafkaSource:
 
     ``start_offsets`` (from the latest checkpoint) win over the group's committed
     offsets; ``on_revoke`` runs before partitions are taken away, so the owner can
-    checkpoint and commit what it has learned.
+    checkpoint what it has learned. It runs on kafka-python's IO thread, which
+    refuses blocking consumer calls: it must not commit.
     """
 
     def __init__(
@@ -78,9 +79,6 @@ class KafkaSource:
             if offset is not None:
                 log.info("seeking %s[%d] to checkpointed offset %d", tp.topic, tp.partition, offset)
                 self._consumer.seek(tp, offset)
-        if self._targets is None and partitions:
-            self._targets = dict(self._consumer.end_offsets(partitions))
-            log.info("end offsets at start: %s", {f"{t.topic}[{t.partition}]": o for t, o in self._targets.items()})
 
     def poll(self, timeout_s: float) -> list[RawRecord]:
         try:
@@ -122,14 +120,21 @@ class KafkaSource:
 
     def backlog_done(self) -> bool:
         assigned = self._consumer.assignment()
-        if not assigned or self._targets is None:
+        if not assigned:
             return False
+        if self._targets is None:
+            # Looked up here, not in the rebalance callback: that runs on kafka-python's IO
+            # thread, where blocking calls are refused.
+            self._targets = dict(self._consumer.end_offsets(list(assigned)))
+            log.info("end offsets at start: %s", {f"{t.topic}[{t.partition}]": o for t, o in self._targets.items()})
         return all(self._consumer.position(tp) >= self._targets.get(tp, 0) for tp in assigned)
 
     def connected(self) -> bool:
         return bool(self._consumer.assignment())
 
     def close(self) -> None:
+        # The owner checkpoints before closing; leaving the group must not trigger another one.
+        self.on_revoke = None
         self._consumer.close(autocommit=False)
 
 

@@ -190,7 +190,7 @@ class Service:
             self._since_checkpoint > 0 and time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint_every_s
         )
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, commit: bool = True) -> None:
         """Flush sinks, save state + offsets atomically, then commit the offsets."""
         started = time.perf_counter()
         now = time.monotonic()
@@ -206,7 +206,7 @@ class Service:
             "replay_episodes": len(self.learner.replay),
         }
         self.store.save(state, self.offsets, info)
-        if self.source is not None and self.offsets:
+        if commit and self.source is not None and self.offsets:
             try:
                 self.source.commit(self.offsets)
             except StreamMetaError as exc:
@@ -220,7 +220,7 @@ class Service:
 
     def _on_revoke(self) -> None:
         log.info("partitions revoked: checkpointing before hand-over")
-        self.checkpoint()
+        self.checkpoint(commit=False)
 
     def _restore(self) -> None:
         ckpt = self.store.load_latest()
