@@ -1,22 +1,21 @@
-"""Inner-loop adaptation and meta-gradients for the MAML family.
+"""Shared pieces of the MAML family: episodes, task losses, the inner-loop spec,
+and plain single-task adaptation.
 
 >>> import torch
 >>> from stream_meta.model import build_mlp, init_params
 >>> model = build_mlp([4, 8, 3])
 >>> theta = init_params(model, torch.Generator().manual_seed(0))
 >>> x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
->>> ep = Episode("t", x[:4], y[:4], x[4:], y[4:])
->>> alg = get_algorithm("fomaml")
->>> extra = alg.init_extra(theta)
->>> grads, extra_grads, stats = alg.meta_gradient(model, theta, extra, [ep], steps=2, lr=0.1)
->>> sorted(grads) == sorted(theta)
+>>> fast = adapt(model, theta, x, y, steps=2, lr=0.1)
+>>> bool(loss(model, fast, x, y) < loss(model, theta, x, y))
 True
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +23,10 @@ from torch import nn
 from torch.func import functional_call
 
 from stream_meta.model import Params
+
+LossKind = Literal["ce", "mse"]
+LOSSES: tuple[str, ...] = ("ce", "mse")
+Order = Literal["second", "first", "reptile"]
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,33 @@ class Episode:
     query_y: torch.Tensor
 
 
-def loss(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``model`` applied with ``params``."""
-    return F.cross_entropy(functional_call(model, params, (x,)), y)
+def task_loss(kind: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean loss of one task's outputs ``out`` ([N, C]) against targets ``y``.
+
+    ``"ce"``: cross-entropy, ``y`` holds class indices [N]. ``"mse"``: mean squared
+    error, ``y`` holds as many values as ``out`` (e.g. [N, 1] or [N]).
+    """
+    if kind == "ce":
+        return F.cross_entropy(out, y)
+    if kind == "mse":
+        return F.mse_loss(out, y.reshape(out.shape))
+    raise ValueError(f"unknown loss {kind!r}; choose one of {LOSSES}")
+
+
+def batched_task_loss(kind: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-task mean losses [T] of stacked outputs ``out`` ([T, N, C])."""
+    t, n = out.shape[0], out.shape[1]
+    if kind == "ce":
+        flat = F.cross_entropy(out.reshape(t * n, -1), y.reshape(t * n), reduction="none")
+        return flat.view(t, n).mean(1)
+    if kind == "mse":
+        return (out - y.reshape(out.shape)).pow(2).reshape(t, -1).mean(1)
+    raise ValueError(f"unknown loss {kind!r}; choose one of {LOSSES}")
+
+
+def loss(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, kind: str = "ce") -> torch.Tensor:
+    """Mean loss (``kind``: "ce" or "mse") of ``model`` applied with ``params``."""
+    return task_loss(kind, functional_call(model, params, (x,)), y)
 
 
 def adapt(
@@ -51,124 +78,111 @@ def adapt(
     steps: int,
     lr: float,
     create_graph: bool = False,
+    kind: str = "ce",
+    names: tuple[str, ...] | None = None,
+    scales: Params | None = None,
 ) -> Params:
     """Fast weights after ``steps`` SGD steps on ``(x, y)`` starting from ``params``.
 
-    With ``create_graph`` the result stays differentiable w.r.t. ``params``
-    (second-order MAML); otherwise each step is detached from the last.
+    Only ``names`` are adapted (default: all); the step size of ``n`` is ``lr``, times
+    ``scales[n]`` when given (Meta-SGD). With ``create_graph`` the result stays
+    differentiable w.r.t. ``params`` (second-order MAML); otherwise it is detached.
     """
-    fast = params if create_graph else {k: v.detach().requires_grad_() for k, v in params.items()}
-    for _ in range(steps):
-        names = list(fast)
-        grads = torch.autograd.grad(loss(model, fast, x, y), [fast[k] for k in names], create_graph=create_graph)
-        if create_graph:
-            fast = {k: fast[k] - lr * g for k, g in zip(names, grads)}
-        else:
-            fast = {k: (fast[k] - lr * g).detach().requires_grad_() for k, g in zip(names, grads)}
-    return {k: v if create_graph else v.detach() for k, v in fast.items()}
+    names = tuple(params) if names is None else names
+    if create_graph:
+        fast = dict(params)
+    else:
+        fast = {k: v.detach() for k, v in params.items()}
+        scales = None if scales is None else {k: v.detach() for k, v in scales.items()}
+    with torch.enable_grad():
+        for _ in range(steps):
+            if not create_graph:
+                fast.update({k: fast[k].requires_grad_() for k in names})
+            grads = torch.autograd.grad(
+                loss(model, fast, x, y, kind), [fast[k] for k in names], create_graph=create_graph
+            )
+            for k, g in zip(names, grads):
+                step = lr if scales is None else lr * scales[k]
+                fast[k] = fast[k] - step * g if create_graph else (fast[k] - step * g).detach()
+    return fast
 
 
-class MetaAlgorithm(Protocol):
-    """One member of the MAML family.
+@dataclass(frozen=True)
+class InnerLoop:
+    """What one task's adaptation and scoring compute; every engine obeys it.
 
-    ``params`` are the shared meta-parameters (model weights); ``extra`` holds any
-    further meta-learned tensors (e.g. Meta-SGD's per-parameter step sizes), empty
-    for plain MAML. ``meta_gradient`` returns gradients for both, to be applied by
-    an outer optimiser, and ``stats`` with the mean query loss after adaptation
-    (``query_loss``) and before it (``query_loss_before``).
+    From ``phi = theta``, ``steps`` times: ``phi[n] -= lr * scale[n] * grad_n L(phi; inner set)``
+    for the ``adapted`` names ``n`` (the others stay ``theta``). ``scale`` is 1, or the
+    learned Meta-SGD multipliers clamped to ``[0, max_scale]``. ``order``:
+
+    - ``"second"``: meta-gradient of ``L(phi; query)`` through every inner step;
+    - ``"first"``: the same with each inner gradient treated as a constant (FOMAML);
+    - ``"reptile"``: the inner set is support + query and the "gradient" is ``theta - phi``.
     """
 
-    name: str
+    steps: int
+    lr: float
+    adapted: tuple[str, ...]
+    order: Order = "second"
+    loss: str = "ce"
+    max_scale: float = math.inf
 
-    def init_extra(self, params: Params) -> Params: ...
-
-    def adapt(
-        self, model: nn.Module, params: Params, extra: Params, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float
-    ) -> Params: ...
-
-    def meta_gradient(
-        self, model: nn.Module, params: Params, extra: Params, episodes: list[Episode], *, steps: int, lr: float
-    ) -> tuple[Params, Params, dict[str, float]]: ...
-
-
-class _PlainSGDInner:
-    """Inner loop of plain SGD with one global step size; no extra meta-parameters."""
-
-    def init_extra(self, params: Params) -> Params:
-        return {}
-
-    def adapt(self, model, params, extra, x, y, *, steps, lr):
-        return adapt(model, params, x, y, steps=steps, lr=lr)
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not math.isfinite(self.lr) or self.lr < 0:
+            raise ValueError(f"inner lr must be finite and >= 0, got {self.lr}")
+        if self.order not in ("second", "first", "reptile"):
+            raise ValueError(f"unknown order {self.order!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
+        if not self.adapted:
+            raise ValueError("at least one parameter must be adapted")
 
 
-def _mean(dicts: list[Params]) -> Params:
-    return {k: torch.stack([d[k] for d in dicts]).mean(0) for k in dicts[0]}
+@dataclass
+class GroupResult:
+    """Sums over the tasks of one group (engines return sums; callers average)."""
+
+    grads: Params
+    scale_grads: Params
+    query_loss: torch.Tensor
+    query_loss_before: torch.Tensor
 
 
-class FOMAML(_PlainSGDInner):
-    """First-order MAML: the query-loss gradient at the fast weights."""
+@dataclass(frozen=True)
+class TaskBatch:
+    """A group of equal-shaped tasks stacked on a leading task dimension.
 
-    name = "fomaml"
+    ``x``/``y`` hold each task's support rows followed by its query rows; the inner
+    loop uses rows ``[:inner_end]`` and the query rows ``[query_start:]`` (for Reptile
+    the inner set is support + query, so the two overlap).
+    """
 
-    def meta_gradient(self, model, params, extra, episodes, *, steps, lr):
-        grads, before, after = [], 0.0, 0.0
-        for ep in episodes:
-            fast = adapt(model, params, ep.support_x, ep.support_y, steps=steps, lr=lr)
-            fast = {k: v.requires_grad_() for k, v in fast.items()}
-            q = loss(model, fast, ep.query_x, ep.query_y)
-            g = torch.autograd.grad(q, list(fast.values()))
-            grads.append(dict(zip(fast, g)))
-            after += q.item()
-            with torch.no_grad():
-                before += loss(model, params, ep.query_x, ep.query_y).item()
-        n = len(episodes)
-        return _mean(grads), {}, {"query_loss": after / n, "query_loss_before": before / n}
+    x: torch.Tensor
+    y: torch.Tensor
+    inner_end: int
+    query_start: int
 
+    @property
+    def tasks(self) -> int:
+        return self.x.shape[0]
 
-class MAML(_PlainSGDInner):
-    """Second-order MAML: differentiates the query loss through all inner steps."""
+    def inner(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[:, : self.inner_end], self.y[:, : self.inner_end]
 
-    name = "maml"
+    def query(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[:, self.query_start :], self.y[:, self.query_start :]
 
-    def meta_gradient(self, model, params, extra, episodes, *, steps, lr):
-        theta = {k: v.detach().requires_grad_() for k, v in params.items()}
-        grads, before, after = [], 0.0, 0.0
-        for ep in episodes:
-            fast = adapt(model, theta, ep.support_x, ep.support_y, steps=steps, lr=lr, create_graph=True)
-            q = loss(model, fast, ep.query_x, ep.query_y)
-            g = torch.autograd.grad(q, list(theta.values()))
-            grads.append(dict(zip(theta, g)))
-            after += q.item()
-            with torch.no_grad():
-                before += loss(model, params, ep.query_x, ep.query_y).item()
-        n = len(episodes)
-        return _mean(grads), {}, {"query_loss": after / n, "query_loss_before": before / n}
-
-
-class Reptile(_PlainSGDInner):
-    """Reptile: moves the meta-parameters toward the fast weights (``theta - phi``)."""
-
-    name = "reptile"
-
-    def meta_gradient(self, model, params, extra, episodes, *, steps, lr):
-        grads, before, after = [], 0.0, 0.0
-        for ep in episodes:
-            x = torch.cat([ep.support_x, ep.query_x])
-            y = torch.cat([ep.support_y, ep.query_y])
-            fast = adapt(model, params, x, y, steps=steps, lr=lr)
-            grads.append({k: params[k].detach() - fast[k] for k in params})
-            with torch.no_grad():
-                before += loss(model, params, ep.query_x, ep.query_y).item()
-                after += loss(model, fast, ep.query_x, ep.query_y).item()
-        n = len(episodes)
-        return _mean(grads), {}, {"query_loss": after / n, "query_loss_before": before / n}
-
-
-ALGORITHMS: dict[str, type] = {"fomaml": FOMAML, "maml": MAML, "reptile": Reptile}
-
-
-def get_algorithm(name: str) -> MetaAlgorithm:
-    try:
-        return ALGORITHMS[name]()
-    except KeyError:
-        raise ValueError(f"unknown meta-algorithm {name!r}; choose one of {sorted(ALGORITHMS)}") from None
+    @staticmethod
+    def stack(episodes: list[Episode], order: str) -> TaskBatch:
+        """Stack episodes of equal shapes into one batch (one copy of the data)."""
+        first = episodes[0]
+        s, q = first.support_x.shape[0], first.query_x.shape[0]
+        x = torch.empty((len(episodes), s + q, *first.support_x.shape[1:]), dtype=first.support_x.dtype,
+                        device=first.support_x.device)
+        y = torch.empty((len(episodes), s + q, *first.support_y.shape[1:]), dtype=first.support_y.dtype,
+                        device=first.support_y.device)
+        for i, e in enumerate(episodes):
+            x[i, :s], x[i, s:], y[i, :s], y[i, s:] = e.support_x, e.query_x, e.support_y, e.query_y
+        return TaskBatch(x, y, s + q if order == "reptile" else s, s)

@@ -1,0 +1,186 @@
+"""Tasks-vectorised MAML for MLPs with fast weights kept in low-rank form.
+
+The inner-loop gradient of a linear layer on a support set of ``S`` rows is
+``D^T A`` (``D``: gradient w.r.t. the layer's pre-activations, ``A``: its inputs), a
+rank-``S`` matrix. So a task's fast weight after ``k`` steps,
+``W - lr * sum_j D_j^T A_j``, never needs to be formed: applied to inputs ``H`` it is
+
+    H W^T - (H A^T) (lr D)        (A, D: the k steps' rows, concatenated)
+
+``H W^T`` uses the *shared* ``W`` for all tasks at once (one large GEMM instead of
+``T`` small ones), and no ``[T, out, in]`` per-task weight tensor is ever built; for
+the first adapted layer ``A`` is the same at every step, so its update collapses to a
+Gram matrix times a running sum of ``D``. The math is exact; autograd differentiates it
+(second order: ``D`` is computed with ``create_graph``), and the tests check it against
+the per-task loop. Only for ``nn.Sequential`` MLPs (``nn.Linear`` and element-wise
+activations) and one global step size (not Meta-SGD's per-parameter ones).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stream_meta.meta.functional import GroupResult, InnerLoop, TaskBatch, batched_task_loss
+from stream_meta.model import Params
+
+# Parameter-free modules applied element-wise, so they act on [T, N, d] as on [N, d].
+_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus, nn.Identity)
+
+
+@dataclass(frozen=True)
+class MLPLayer:
+    """One ``nn.Linear`` of an MLP and the element-wise activations after it."""
+
+    weight: str
+    bias: str | None
+    acts: tuple[nn.Module, ...]
+
+
+def mlp_layers(model: nn.Module) -> tuple[MLPLayer, ...] | None:
+    """The layers of ``model`` if it is an ``nn.Sequential`` MLP, else ``None``."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    layers: list[tuple[str, str | None, list[nn.Module]]] = []
+    for name, m in model.named_children():
+        if isinstance(m, nn.Linear):
+            layers.append((f"{name}.weight", f"{name}.bias" if m.bias is not None else None, []))
+        elif isinstance(m, _ELEMENTWISE) and layers:
+            layers[-1][2].append(m)
+        else:
+            return None
+    return tuple(MLPLayer(w, b, tuple(a)) for w, b, a in layers) or None
+
+
+def supports_lowrank(model: nn.Module, adapted: tuple[str, ...]) -> bool:
+    layers = mlp_layers(model)
+    if layers is None:
+        return False
+    known = {n for layer in layers for n in (layer.weight, layer.bias) if n is not None}
+    return set(adapted) <= known
+
+
+def _act(layer: MLPLayer, z: torch.Tensor) -> torch.Tensor:
+    for a in layer.acts:
+        z = a(z)
+    return z
+
+
+class _Updates:
+    """A task batch's accumulated inner-loop updates, per adapted layer.
+
+    ``a[i]``/``d[i]``: concatenated inputs and ``lr``-scaled pre-activation gradients of
+    layer ``i`` over the steps so far ([T, k*S, in] / [T, k*S, out]); for the first
+    adapted layer ``a`` is constant and ``d`` is a running sum instead. ``db[i]``: the
+    bias update [T, out].
+    """
+
+    def __init__(self) -> None:
+        self.a: dict[int, torch.Tensor] = {}
+        self.d: dict[int, torch.Tensor] = {}
+        self.db: dict[int, torch.Tensor] = {}
+
+
+def lowrank_group(model: nn.Module, theta: Params, scales: Params | None, spec: InnerLoop, batch: TaskBatch) -> GroupResult:
+    """Sums over the tasks of meta-gradient and query losses (see the module doc)."""
+    if scales is not None:
+        raise ValueError("the lowrank engine takes one global step size, not learned ones")
+    layers = mlp_layers(model)
+    if layers is None or not supports_lowrank(model, spec.adapted) or batch.x.dim() != 3:
+        raise ValueError("the lowrank engine needs an nn.Sequential MLP and [T, N, features] inputs")
+    adapted = set(spec.adapted)
+    w_ad = [layer.weight in adapted for layer in layers]
+    b_ad = [layer.bias is not None and layer.bias in adapted for layer in layers]
+    first = next(i for i in range(len(layers)) if w_ad[i] or b_ad[i])
+    second = spec.order == "second"
+    ni = batch.inner_end
+    rows = {"in": slice(0, ni), "q": slice(batch.query_start, None)}
+    iy, qy = batch.y[:, rows["in"]], batch.y[:, rows["q"]]
+
+    def linear(i: int, h: torch.Tensor) -> torch.Tensor:
+        layer = layers[i]
+        return F.linear(h, theta[layer.weight], None if layer.bias is None else theta[layer.bias])
+
+    with torch.enable_grad():
+        # Layers before the first adapted one never change, and the first adapted
+        # layer's input is the same at every step: one pass over support + query.
+        h = batch.x
+        for i in range(first):
+            h = _act(layers[i], linear(i, h))
+        h_in = h[:, rows["in"]]
+        base = linear(first, h)
+        gram = None
+        if w_ad[first] and spec.steps > 0:
+            gram = torch.bmm(h, (h_in if second else h_in.detach()).transpose(1, 2))
+
+    def forward(which: str, up: _Updates) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """Outputs on set ``which`` at the fast weights; pre-activations and inputs of adapted layers."""
+        zs: dict[int, torch.Tensor] = {}
+        ins: dict[int, torch.Tensor] = {}
+        z = base[:, rows[which]]
+        if first in up.d:
+            assert gram is not None
+            z = torch.baddbmm(z, gram[:, rows[which]], up.d[first], alpha=-1.0)
+        if first in up.db:
+            z = z - up.db[first].unsqueeze(1)
+        zs[first] = z
+        h = _act(layers[first], z)
+        for i in range(first + 1, len(layers)):
+            ins[i] = h
+            z = linear(i, h)
+            if i in up.d:
+                z = torch.baddbmm(z, torch.bmm(h, up.a[i].transpose(1, 2)), up.d[i], alpha=-1.0)
+            if i in up.db:
+                z = z - up.db[i].unsqueeze(1)
+            zs[i] = z
+            h = _act(layers[i], z)
+        return h, zs, ins
+
+    up = _Updates()
+    targets = [i for i in range(first, len(layers)) if w_ad[i] or b_ad[i]]
+    with torch.enable_grad():
+        for _ in range(spec.steps):
+            out, zs, ins = forward("in", up)
+            inner = batched_task_loss(spec.loss, out, iy).sum()
+            ds = torch.autograd.grad(inner, [zs[i] for i in targets], create_graph=second)
+            new = _Updates()
+            for i, d in zip(targets, ds):
+                d = spec.lr * d if second else (spec.lr * d).detach()
+                if b_ad[i]:
+                    db = d.sum(1)
+                    new.db[i] = db if i not in up.db else up.db[i] + db
+                if not w_ad[i]:
+                    continue
+                if i == first:
+                    new.d[i] = d if i not in up.d else up.d[i] + d
+                else:
+                    a = ins[i] if second else ins[i].detach()
+                    new.a[i] = a if i not in up.a else torch.cat([up.a[i], a], 1)
+                    new.d[i] = d if i not in up.d else torch.cat([up.d[i], d], 1)
+            up = new
+
+    with torch.no_grad():
+        before = batched_task_loss(spec.loss, forward("q", _Updates())[0], qy).sum()
+    if spec.order == "reptile":
+        with torch.no_grad():
+            after = batched_task_loss(spec.loss, forward("q", up)[0], qy).sum()
+            grads = {k: torch.zeros_like(v) for k, v in theta.items()}
+            for i in targets:
+                layer = layers[i]
+                if i in up.db:
+                    grads[layer.bias] = up.db[i].sum(0)  # type: ignore[index]
+                if i in up.d:
+                    d = up.d[i]
+                    a = h_in if i == first else up.a[i]
+                    grads[layer.weight] = d.reshape(-1, d.shape[-1]).T @ a.reshape(-1, a.shape[-1])
+        return GroupResult(grads, {}, after, before)
+
+    with torch.enable_grad():
+        q = batched_task_loss(spec.loss, forward("q", up)[0], qy).sum()
+        names = list(theta)
+        gs = torch.autograd.grad(q, [theta[k] for k in names], allow_unused=True)
+    grads = {k: torch.zeros_like(theta[k]) if g is None else g for k, g in zip(names, gs)}
+    return GroupResult(grads, {}, q.detach(), before)
