@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -31,6 +31,7 @@ from stream_meta.meta.functional import LOSSES, Episode, InnerLoop, Order, adapt
 from stream_meta.model import Params
 
 
+@runtime_checkable
 class MetaAlgorithm(Protocol):
     """One member of the MAML family.
 
@@ -86,7 +87,7 @@ class GradientMetaAlgorithm:
         *,
         loss: str = "ce",
         clip_grad_norm: float | None = None,
-        max_inner_lr: float = 1.0,
+        max_inner_lr: float = 10.0,
         backend: str = "auto",
     ) -> None:
         if loss not in LOSSES:
