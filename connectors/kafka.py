@@ -118,6 +118,14 @@ class KafkaSource:
             total += max(0, high - self._consumer.position(tp))
         return total if known else None
 
+    def lag_by_partition(self) -> dict[int, int]:
+        out = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                out[tp.partition] = max(0, high - self._consumer.position(tp))
+        return out
+
     def backlog_done(self) -> bool:
         assigned = self._consumer.assignment()
         if not assigned:
@@ -126,8 +134,18 @@ class KafkaSource:
             # Looked up here, not in the rebalance callback: that runs on kafka-python's IO
             # thread, where blocking calls are refused.
             self._targets = dict(self._consumer.end_offsets(list(assigned)))
+            self._confirmed: set[TopicPartition] = set()
             log.info("end offsets at start: %s", {f"{t.topic}[{t.partition}]": o for t, o in self._targets.items()})
-        return all(self._consumer.position(tp) >= self._targets.get(tp, 0) for tp in assigned)
+        for tp in assigned - self._confirmed:
+            # The first fetch's high watermark is the log end as the broker saw it at start;
+            # some brokers answer ListOffsets with a batch's base offset, so take the larger.
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                self._targets[tp] = max(self._targets.get(tp, 0), high)
+                self._confirmed.add(tp)
+        if assigned - self._confirmed:
+            return False
+        return all(self._consumer.position(tp) >= self._targets[tp] for tp in assigned)
 
     def connected(self) -> bool:
         return bool(self._consumer.assignment())
