@@ -123,3 +123,19 @@ def test_non_mlp_model_runs_on_vmap_and_matches_loop():
     eps = random_episodes(4, in_dim=5, classes=3)
     for name in ("maml", "anil", "metasgd"):
         assert_same(run(name, "auto", model, theta, eps), run(name, "loop", model, theta, eps))
+
+
+@pytest.mark.parametrize("name", LOWRANK_ALGS)
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_lowrank_low_rank_and_dense_phases_equal_loop(name, steps):
+    """A wide hidden layer and a small support set keep later layers in low-rank form
+    for the first steps, then switch to dense per-task deltas (R (in + out) >= in out)."""
+    from stream_meta.model import build_mlp
+
+    model = build_mlp([5, 20, 20, 3]).double()
+    theta = float64_params(model)
+    eps = random_episodes(3, in_dim=5, classes=3, support=4, query=5)
+    kw = {"head": ("2.weight", "2.bias", "4.weight", "4.bias")} if name == "anil" else {}
+    got = get_algorithm(name, backend="lowrank", **kw).meta_gradient(model, theta, {}, eps, steps=steps, lr=0.3)
+    ref = get_algorithm(name, backend="loop", **kw).meta_gradient(model, theta, {}, eps, steps=steps, lr=0.3)
+    assert_same(got, ref)
