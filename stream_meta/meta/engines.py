@@ -25,6 +25,7 @@ from stream_meta.model import Params
 
 Engine = Callable[..., GroupResult]
 BACKENDS: tuple[str, ...] = ("auto", "loop", "vmap", "lowrank")
+VMAP_MIN_TASKS = 4
 
 
 def _step_sizes(spec: InnerLoop, scales: Params | None) -> Params | None:
@@ -154,7 +155,7 @@ def choose_backend(
         return backend
     if lowrank_ok:
         return "lowrank"
-    return "vmap" if tasks >= 2 else "loop"
+    return "vmap" if tasks >= VMAP_MIN_TASKS else "loop"
 
 
 def group_by_shape(episodes: Sequence[Episode]) -> list[list[Episode]]:

@@ -99,6 +99,8 @@ def test_auto_backend_choice(relu_mlp):
     assert choose_backend("auto", relu_mlp, spec, learned=False, tasks=1) == "lowrank"
     assert choose_backend("auto", relu_mlp, spec, learned=True, tasks=8) == "vmap"
     assert choose_backend("auto", relu_mlp, spec, learned=True, tasks=1) == "loop"
+    assert choose_backend("auto", relu_mlp, spec, learned=True, tasks=3) == "loop"
+    assert choose_backend("auto", relu_mlp, spec, learned=True, tasks=4) == "vmap"
     assert choose_backend("auto", relu_mlp, spec, learned=False, tasks=8, flat_inputs=False) == "vmap"
     conv = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     assert choose_backend("auto", conv, InnerLoop(1, 0.1, ("1.weight",)), learned=False, tasks=8) == "vmap"

@@ -1,0 +1,16 @@
+"""The README example of the meta-learning API runs as written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import stream_meta.meta
+
+SECTION = Path(stream_meta.meta.__file__).with_name("README_SECTION.md")
+
+
+def test_readme_example_runs(capsys):
+    code = SECTION.read_text().split("```python", 1)[1].split("```", 1)[0]
+    exec(compile(code, str(SECTION), "exec"), {"__name__": "readme_example"})
+    out = capsys.readouterr().out
+    assert "new task, 10 steps:" in out
