@@ -35,6 +35,9 @@ class Source(Protocol):
     def lag(self) -> int | None:
         """Records behind the end of the assigned partitions, if known."""
 
+    def lag_by_partition(self) -> dict[int, int]:
+        """Records behind the end of each assigned partition whose end is known (may be empty)."""
+
     def backlog_done(self) -> bool:
         """True once every record present when the source started was returned."""
 

@@ -45,6 +45,9 @@ class JsonlSource:
     def lag(self) -> int | None:
         return None
 
+    def lag_by_partition(self) -> dict[int, int]:
+        return {}
+
     def backlog_done(self) -> bool:
         return self._eof
 

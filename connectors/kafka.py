@@ -60,6 +60,7 @@ class KafkaSource:
         self.on_revoke = on_revoke
         self._start = dict(start_offsets or {})
         self._targets: dict[TopicPartition, int] | None = None
+        self._session_timeout_s = (client_options or {}).get("session_timeout_ms", 10000) / 1000
         try:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=bootstrap.split(","),
@@ -85,11 +86,24 @@ class KafkaSource:
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
         except KafkaError as exc:
             raise ConnectorError(f"poll failed: {exc}") from exc
+        self._rewind_past_end()
         out = []
         for tp in sorted(batches, key=lambda t: (t.topic, t.partition)):
             for m in batches[tp]:
                 out.append(RawRecord(m.topic, m.partition, m.offset, m.value, m.key))
         return out
+
+    def _rewind_past_end(self) -> None:
+        """A position beyond the high watermark means the log was truncated or recreated
+        (some brokers answer such fetches with no records rather than an out-of-range
+        error). Go back to the log start; the records then arrive with offsets below the
+        checkpointed ones, which the service reports and handles by its policy."""
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is not None and self._consumer.position(tp) > high:
+                log.error("%s[%d]: position %d is past the log end %d; seeking to the log start",
+                          tp.topic, tp.partition, self._consumer.position(tp), high)
+                self._consumer.seek_to_beginning(tp)
 
     def commit(self, offsets: Offsets) -> None:
         assigned = self._consumer.assignment()
@@ -145,10 +159,26 @@ class KafkaSource:
                 self._confirmed.add(tp)
         if assigned - self._confirmed:
             return False
-        return all(self._consumer.position(tp) >= self._targets[tp] for tp in assigned)
+        # A position past the high watermark is out of range (the log was truncated or
+        # recreated), not the end of the backlog: the fetcher resets it first.
+        return all(
+            self._targets[tp] <= self._consumer.position(tp) <= (self._consumer.highwater(tp) or 0)
+            for tp in assigned
+        )
 
     def connected(self) -> bool:
-        return bool(self._consumer.assignment())
+        """Assigned partitions and a group heartbeat within the session timeout.
+
+        The heartbeat age is the client's ``last-heartbeat-seconds-ago`` metric (the
+        same one the Java client exports), so this works against any Kafka broker.
+        """
+        if not self._consumer.assignment():
+            return False
+        for group in (self._consumer.metrics() or {}).values():
+            ago = group.get("last-heartbeat-seconds-ago")
+            if ago is not None:
+                return 0 <= ago < self._session_timeout_s
+        return True
 
     def close(self) -> None:
         # The owner checkpoints before closing; leaving the group must not trigger another one.
@@ -185,7 +215,7 @@ class KafkaSink:
 
 def client_options(cfg) -> dict[str, Any]:
     """kafka-python settings for security and timeouts, taken from a RunConfig."""
-    opts: dict[str, Any] = {"security_protocol": cfg.security_protocol}
+    opts: dict[str, Any] = {"security_protocol": cfg.security_protocol, "request_timeout_ms": cfg.request_timeout_ms}
     if cfg.sasl_mechanism:
         opts["sasl_mechanism"] = cfg.sasl_mechanism
         opts["sasl_plain_username"] = cfg.sasl_username

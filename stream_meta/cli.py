@@ -20,6 +20,7 @@ EXAMPLES = {
     "produce": "example: stream-meta produce --bootstrap 127.0.0.1:9092 --topic digits --dataset digits-rotations --limit 1500",
     "demo": "example: stream-meta demo            # local broker, real digits stream, summary in ~1 minute",
     "inspect": "example: stream-meta checkpoint inspect ./ckpt --json",
+    "status": "example: stream-meta status --metrics-url http://127.0.0.1:9108/metrics",
 }
 
 
@@ -61,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     insp.add_argument("directory", type=Path)
     insp.add_argument("--json", action="store_true")
 
+    status = sub.add_parser("status", help="one-screen summary of a running daemon, from its /metrics",
+                            epilog=EXAMPLES["status"])
+    status.add_argument("--metrics-url", default="http://127.0.0.1:9108/metrics",
+                        help="the daemon's /metrics URL (or HOST:PORT)")
+    status.add_argument("--json", action="store_true", help="print the summary as JSON")
+    status.add_argument("--timeout-s", type=float, default=5.0)
+
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
     bench.add_argument("name", choices=["meta-step", "engine"], help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (try: bench NAME --help)")
@@ -97,7 +105,9 @@ def run_daemon(cfg) -> dict:
     from stream_meta.factory import build_service
     from stream_meta.http import HealthServer
 
-    torch.set_num_threads(cfg.torch_threads)
+    torch.set_num_threads(1 if cfg.deterministic else cfg.torch_threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
     log.info("stream-meta %s starting with %s", __version__, json.dumps(cfg.masked(), sort_keys=True))
     registry = CollectorRegistry()
     service = build_service(cfg, registry)
@@ -170,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args)
         if args.command == "checkpoint":
             return cmd_inspect(args)
+        if args.command == "status":
+            from stream_meta.status import status
+
+            print(status(args.metrics_url, args.json, args.timeout_s))
+            return 0
         return cmd_bench(args)
     except StreamMetaError as exc:
         print(f"stream-meta: error: {exc}", file=sys.stderr)

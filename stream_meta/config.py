@@ -39,6 +39,7 @@ class RunConfig(BaseModel):
     poll_timeout_ms: int = Field(500, ge=1, description="how long one poll waits for records")
     max_poll_records: int = Field(500, ge=1, description="records fetched per poll at most")
     session_timeout_ms: int = Field(10000, ge=1000, description="consumer-group session timeout")
+    request_timeout_ms: int = Field(30000, ge=1000, description="Kafka client request timeout")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = Field(None, description="e.g. PLAIN, SCRAM-SHA-512")
     sasl_username: str | None = None
@@ -46,6 +47,11 @@ class RunConfig(BaseModel):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    offset_reset_policy: Literal["earliest", "fail"] = Field(
+        "earliest", description="when a partition's log restarts below the checkpointed offset: "
+        "earliest = learn what the broker holds now as new records (logged, counted); fail = stop with an error"
+    )
+    deterministic: bool = Field(False, description="fixed seeds, deterministic torch algorithms, one thread")
     # --- stopping ---------------------------------------------------------
     max_records: int | None = Field(None, ge=1, description="stop cleanly after this many records consumed")
     stop_at_end: bool = Field(False, description="stop once the backlog seen at start is consumed")

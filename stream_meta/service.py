@@ -22,6 +22,10 @@ from connectors.base import Offsets, RawRecord, Sink, Source
 from stream_meta.checkpoint import CheckpointStore
 from stream_meta.config import RunConfig
 from stream_meta.errors import RecordError, StreamMetaError
+
+
+class OffsetRewindError(StreamMetaError):
+    """A partition's offsets went backwards under ``offset_reset_policy=fail``."""
 from stream_meta.learner import Learner, LearnReport
 from stream_meta.metrics import Metrics
 from stream_meta.records import Decoder, Record
@@ -134,6 +138,9 @@ class Service:
     def process(self, raw: RawRecord) -> None:
         """One record: decode, predict, learn, count. Bad input never escapes."""
         started = time.perf_counter()
+        expected = self.offsets.get((raw.topic, raw.partition))
+        if expected is not None and raw.offset < expected:
+            self._rewound(raw, expected)
         self.stats.records_consumed += 1
         self.metrics.records_consumed.inc()
         self.offsets[(raw.topic, raw.partition)] = raw.offset + 1
@@ -144,16 +151,36 @@ class Service:
             self._reject(raw, exc)
             return
         x = torch.tensor(record.x, dtype=torch.float32)
+        predict_started = time.perf_counter()
         prediction = self.learner.predict(record.task, x)
+        self.metrics.inner_loop_seconds.observe(time.perf_counter() - predict_started)
         self.stats.predictions_emitted += 1
         self.metrics.predictions.inc()
         if self.sinks.predictions is not None:
             self._emit_prediction(raw, record, prediction)
         if record.labelled:
+            tasks_before = self.stats.tasks_seen
             self.stats.observe_prediction(record.task, prediction == record.y)
+            self.metrics.observe_prediction(record.task, prediction == record.y, self.stats.tasks_seen > tasks_before)
+            learn_started = time.perf_counter()
             report = self.learner.learn(record.task, x, record.y)
+            self.metrics.observe_meta_updates(time.perf_counter() - learn_started, report.meta_updates)
             self._count_learning(raw, report)
         self.metrics.step_seconds.observe(time.perf_counter() - started)
+
+    def _rewound(self, raw: RawRecord, expected: int) -> None:
+        """The partition restarted below the checkpointed offset (e.g. the topic was
+        recreated or the broker lost its log). Policy ``offset_reset_policy``:
+        ``earliest`` treats what the broker now holds as new records, loudly;
+        ``fail`` stops the daemon with an error so an operator decides."""
+        self.metrics.offset_rewinds.inc()
+        message = (
+            f"{raw.where}: offset below the checkpointed next offset {expected}; "
+            "the partition's log was truncated or recreated since the checkpoint"
+        )
+        if self.cfg.offset_reset_policy == "fail":
+            raise OffsetRewindError(message + " (offset_reset_policy=fail)")
+        log.error("%s; learning from the broker's records as new ones (offset_reset_policy=earliest)", message)
 
     def _reject(self, raw: RawRecord, exc: RecordError) -> None:
         self.stats.rejected_by_reason[exc.reason] += 1
@@ -214,9 +241,7 @@ class Service:
                 log.warning("offset commit failed (the checkpoint holds the offsets): %s", exc)
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
-        self.metrics.checkpoints.inc()
-        self.metrics.last_checkpoint.set(time.time())
-        self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+        self.metrics.observe_checkpoint(time.perf_counter() - started)
 
     def _on_revoke(self) -> None:
         log.info("partitions revoked: checkpointing before hand-over")
@@ -230,6 +255,8 @@ class Service:
         self.learner.load_state_dict(ckpt.state["learner"])
         self.stats.load_state_dict(ckpt.state["stats"])
         self.offsets = dict(ckpt.offsets)
+        if "created" in ckpt.manifest:
+            self.metrics.mark_checkpoint(float(ckpt.manifest["created"]))
         log.info(
             "restored checkpoint %d: %d records learned, offsets %s",
             ckpt.seq, self.stats.records_learned,
@@ -285,3 +312,5 @@ class Service:
         lag = self.source.lag() if self.source is not None else None
         if lag is not None:
             self.metrics.consumer_lag.set(lag)
+        self.metrics.set_partition_lag(self.source.lag_by_partition() if self.source is not None else {})
+        self.metrics.update_throughput(self.stats.records_consumed)
