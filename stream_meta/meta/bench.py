@@ -6,7 +6,8 @@ learn2learn-style clone whose parameters stay differentiable; ``loss.backward()`
 the meta-gradient), of each engine of :mod:`stream_meta.meta.engines` through
 :func:`stream_meta.meta.meta_step`, and the speedup of the default (``auto``) over
 naive. Every implementation does the same meta-update (meta-gradient + Adam step) on
-the same random tasks in the same run; timings are medians over ``--repeats``.
+the same random tasks in the same run; the implementations are called round-robin and
+each timing is the fastest (``--stat min``, default) or median of ``--repeats`` calls.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +55,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--algorithms", type=_names, default=["maml", "fomaml"], help="maml and/or fomaml")
     p.add_argument("--engines", type=_names, default=["auto", "vmap", "loop"], help="engines to time (default auto,vmap,loop)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--repeats", type=int, default=5, help="timed meta-updates per cell (median reported)")
+    p.add_argument("--repeats", type=int, default=7, help="timed meta-updates per implementation and cell")
+    p.add_argument(
+        "--stat", choices=["min", "median"], default="min",
+        help="how repeats are reduced: min (the least-disturbed run, as timeit advises on shared machines) or median",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--sizes", type=_ints, default=[784, 100, 100, 10], help="MLP layer sizes (default 784,100,100,10)")
     p.add_argument("--ways", type=int, default=5)
@@ -127,20 +133,28 @@ def naive_step(alg: str, model: nn.Module, opt: torch.optim.Optimizer, episodes:
     opt.step()
 
 
-def _time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+def _time_interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, stat: str = "min"
+) -> dict[str, float]:
+    """Seconds per call of each function (``stat`` over ``repeats`` calls), the calls
+    interleaved round-robin so that every implementation sees the same machine load."""
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    fn()  # warm-up
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    for fn in fns.values():  # warm-up
         fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    sync()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    reduce = min if stat == "min" else statistics.median
+    return {k: reduce(v) for k, v in times.items()}
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -156,19 +170,19 @@ def run(args: argparse.Namespace) -> list[dict]:
             naive_model = build_mlp(args.sizes).to(device)
             naive_model.load_state_dict(init)
             naive_opt = torch.optim.Adam(naive_model.parameters(), lr=1e-4)
-            sec = _time(lambda: naive_step(alg_name, naive_model, naive_opt, tasks, args.steps, args.lr), args.repeats, device)
-            row["naive"] = t / sec
+            fns: dict[str, Callable[[], object]] = {
+                "naive": partial(naive_step, alg_name, naive_model, naive_opt, tasks, args.steps, args.lr)
+            }
             for engine in args.engines:
                 alg = get_algorithm(alg_name, backend=engine)
                 params = {k: v.clone().requires_grad_() for k, v in init.items()}
                 extra = alg.init_extra(params)
                 opt = torch.optim.Adam([*params.values(), *extra.values()], lr=1e-4)
-                sec = _time(
-                    lambda: meta_step(alg, template, params, extra, tasks, opt, steps=args.steps, lr=args.lr),
-                    args.repeats,
-                    device,
+                fns[engine] = partial(
+                    meta_step, alg, template, params, extra, tasks, opt, steps=args.steps, lr=args.lr
                 )
-                row[engine] = t / sec
+            for k, sec in _time_interleaved(fns, args.repeats, device, args.stat).items():
+                row[k] = t / sec
             main_engine = args.engines[0]
             row["speedup"] = row[main_engine] / row["naive"]
             rows.append(row)
@@ -189,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = (
         f"model {'-'.join(map(str, args.sizes))} MLP, {args.ways}-way {args.shots}-shot support, "
         f"{args.queries}/class query, {args.steps} inner step(s) lr {args.lr}, Adam outer step, "
-        f"device {args.device}, {args.threads} thread(s), torch {torch.__version__}, median of {args.repeats}"
+        f"device {args.device}, {args.threads} thread(s), torch {torch.__version__}, {args.stat} of {args.repeats}"
     )
     print(cfg)
     print("tasks/s per implementation; speedup = " + args.engines[0] + " / naive")
