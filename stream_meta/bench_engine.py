@@ -21,7 +21,7 @@ from pathlib import Path
 BUSY = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end: pass\n"
 
 
-def write_stream(path: Path, dataset: str, records: int, seed: int = 0) -> int:
+def write_stream(path: Path, dataset: str, records: int, seed: int = 0, data_dir: str | None = None) -> int:
     """Writes ``records`` wire-format lines, repeating the data set with new seeds (new task ids)."""
     from connectors.datasets import stream
     from stream_meta.records import encode
@@ -29,7 +29,7 @@ def write_stream(path: Path, dataset: str, records: int, seed: int = 0) -> int:
     n, rounds = 0, 0
     with open(path, "wb") as f:
         while n < records:
-            for rec in stream(dataset, seed=seed + rounds, limit=records - n):
+            for rec in stream(dataset, seed=seed + rounds, limit=records - n, data_dir=data_dir):
                 task = rec["task"] if rounds == 0 else f"{rec['task']}#{rounds}"
                 f.write(encode(rec["x"], rec["y"], task, rec["id"]) + b"\n")
                 n += 1
