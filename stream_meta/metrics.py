@@ -1,6 +1,6 @@
 """Prometheus metrics of the daemon, registered on an injected registry.
 
-The catalogue (name, type, labels, meaning) is ``deploy/METRICS.md``; the
+The catalogue (name, type, labels, meaning) is the README's Metrics table; the
 Grafana dashboard and the alert rules in ``deploy/`` use only these names, and
 ``tests/deploy`` checks that against a live scrape.
 

@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+# stream-meta daemon image: CPU-only PyTorch, non-root, read-only-root friendly.
+#   docker build -t stream-meta:local .
+#   docker run --rm -p 9108:9108 -e STREAM_META_BOOTSTRAP=kafka:9092 stream-meta:local run --topic t
+# The entrypoint is `stream-meta`: `docker run IMAGE produce ...`, `... status ...` work too.
+
+ARG PYTHON_VERSION=3.11
+
+# --- build: a virtual environment with CPU torch and the package ---------------------------
+FROM python:${PYTHON_VERSION}-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# CPU wheels first (no CUDA libraries): the package's own torch range is then already met.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4,<2.15" "torchvision>=0.19,<0.30"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY stream_meta ./stream_meta
+COPY connectors ./connectors
+RUN pip install . && python -c "import stream_meta, connectors.kafka, torch; print('torch', torch.__version__)"
+
+# --- runtime: the venv only, as an unprivileged user ---------------------------------------
+FROM python:${PYTHON_VERSION}-slim AS runtime
+ARG UID=10001
+RUN groupadd --system --gid ${UID} stream-meta \
+ && useradd --system --uid ${UID} --gid ${UID} --no-create-home --home-dir /tmp --shell /usr/sbin/nologin stream-meta \
+ && mkdir -p /var/lib/stream-meta \
+ && chown ${UID}:${UID} /var/lib/stream-meta \
+ && chmod 0700 /var/lib/stream-meta
+COPY --from=build /opt/venv /opt/venv
+# Writable places are only /var/lib/stream-meta (checkpoints, a volume) and /tmp (a tmpfs
+# under a read-only root filesystem). The HTTP endpoints listen on all interfaces in a
+# container; the port is STREAM_META_METRICS_PORT (the healthcheck reads it too).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    STREAM_META_METRICS_HOST=0.0.0.0 \
+    STREAM_META_METRICS_PORT=9108 \
+    STREAM_META_CHECKPOINT_DIR=/var/lib/stream-meta
+VOLUME ["/var/lib/stream-meta"]
+USER ${UID}:${UID}
+WORKDIR /tmp
+EXPOSE 9108
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('STREAM_META_METRICS_PORT', '9108'), timeout=4)"]
+ENTRYPOINT ["stream-meta"]
+CMD ["run"]
