@@ -1,49 +1,22 @@
-"""Shared fixtures for the meta-learning core tests: tiny models and random episodes."""
+"""Fixtures for the meta-learning core tests: one torch thread, tiny models."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
-from stream_meta.meta import Episode
-from stream_meta.model import Params, build_mlp, init_params
-
-# Two threads are ~100x slower when another process is busy on this 2-core machine.
-torch.set_num_threads(1)
+from stream_meta.model import build_mlp
 
 
-def float64_params(model: nn.Module, seed: int = 0) -> Params:
-    return {k: v.double() for k, v in init_params(model, torch.Generator().manual_seed(seed)).items()}
-
-
-def random_episodes(
-    n: int,
-    *,
-    in_dim: int,
-    classes: int,
-    support: int = 6,
-    query: int = 5,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
-    regression: bool = False,
-) -> list[Episode]:
-    """``n`` random classification (or regression, targets [N, classes]) episodes."""
-    g = torch.Generator().manual_seed(seed)
-    eps = []
-    for i in range(n):
-        sx = torch.randn(support, in_dim, generator=g, dtype=dtype)
-        qx = torch.randn(query, in_dim, generator=g, dtype=dtype)
-        if regression:
-            sy = torch.randn(support, classes, generator=g, dtype=dtype)
-            qy = torch.randn(query, classes, generator=g, dtype=dtype)
-        else:
-            sy = torch.randint(0, classes, (support,), generator=g)
-            qy = torch.randint(0, classes, (query,), generator=g)
-        eps.append(Episode(f"task{i}", sx, sy, qx, qy))
-    return eps
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread (two are ~100x slower when another process is busy on a
+    2-core machine), restored afterwards for the rest of the session."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -55,8 +28,3 @@ def relu_mlp() -> nn.Module:
 def tanh_mlp() -> nn.Module:
     # Smooth, so central finite differences are accurate everywhere.
     return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
-
-
-@pytest.fixture
-def episodes_factory() -> Callable[..., list[Episode]]:
-    return random_episodes

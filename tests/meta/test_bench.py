@@ -39,7 +39,7 @@ def test_naive_baseline_computes_the_same_meta_gradient(name):
     """The timed baseline does the same work: its update equals ours (SGD, lr 1)."""
     import torch
 
-    from conftest import random_episodes
+    from tests.meta.helpers import random_episodes
     from stream_meta.meta import get_algorithm
     from stream_meta.model import build_mlp, init_params
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import random_episodes
+from tests.meta.helpers import random_episodes
 from stream_meta.meta import get_algorithm
 
 ENGINES = ["loop", "vmap", "lowrank"]

@@ -9,7 +9,7 @@ import inspect
 import pytest
 import torch
 
-from conftest import float64_params, random_episodes
+from tests.meta.helpers import float64_params, random_episodes
 from stream_meta.meta import ALGORITHMS, MetaAlgorithm, get_algorithm, meta_step
 from stream_meta.model import build_mlp, init_params
 

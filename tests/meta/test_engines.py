@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import float64_params, random_episodes
+from tests.meta.helpers import float64_params, random_episodes
 from stream_meta.meta import ALGORITHMS, get_algorithm
 from stream_meta.meta.engines import choose_backend
 from stream_meta.meta.functional import InnerLoop

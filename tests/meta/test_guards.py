@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import float64_params, random_episodes
+from tests.meta.helpers import float64_params, random_episodes
 from stream_meta.meta import ALGORITHMS, get_algorithm, meta_step
 
 ALL_ENGINES = {"maml": ["loop", "vmap", "lowrank"], "fomaml": ["loop", "vmap", "lowrank"],

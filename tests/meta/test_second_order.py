@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import float64_params, random_episodes
+from tests.meta.helpers import float64_params, random_episodes
 from stream_meta.meta import get_algorithm
 
 ENGINES = ["loop", "vmap", "lowrank"]
