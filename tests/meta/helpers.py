@@ -8,6 +8,7 @@ from torch import nn
 from stream_meta.meta import Episode
 from stream_meta.model import Params, init_params
 
+
 def float64_params(model: nn.Module, seed: int = 0) -> Params:
     return {k: v.double() for k, v in init_params(model, torch.Generator().manual_seed(seed)).items()}
 
