@@ -62,7 +62,7 @@ class RunConfig(BaseModel):
     num_classes: int = Field(10, ge=2, description="labels are integers in [0, num_classes)")
     hidden: tuple[int, ...] = Field((100, 100), description="hidden layer sizes, e.g. 100,100")
     algorithm: str = Field("fomaml", description="meta-learning algorithm")
-    inner_steps: int = Field(3, ge=0, le=50, description="inner-loop SGD steps (K)")
+    inner_steps: int = Field(5, ge=0, le=50, description="inner-loop SGD steps (K)")
     inner_lr: float = Field(0.1, gt=0, le=10, description="inner-loop step size (alpha)")
     meta_lr: float = Field(1e-2, gt=0, le=1, description="outer (meta) step size (beta), Adam")
     support_size: int = Field(20, ge=1, description="support records per episode at most")

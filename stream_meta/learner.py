@@ -67,7 +67,7 @@ class OnlineMetaLearner:
         num_classes: int,
         hidden: tuple[int, ...] = (100, 100),
         algorithm: str = "fomaml",
-        inner_steps: int = 3,
+        inner_steps: int = 5,
         inner_lr: float = 0.1,
         meta_lr: float = 1e-2,
         support_size: int = 20,
