@@ -7,7 +7,7 @@ Three interchangeable engines, checked against each other in the tests:
 - ``lowrank``: MLPs only, see :mod:`stream_meta.meta.lowrank` (fastest on CPU).
 
 Every engine gets one *group* of tasks with equal shapes, stacked on a leading task
-dimension, and returns sums over its tasks; :func:`meta_gradient_mean` groups a list of
+dimension (a :class:`TaskBatch`), and returns sums over its tasks; :func:`meta_gradient_mean` groups a list of
 episodes by shape, picks an engine per group and averages.
 """
 
