@@ -8,6 +8,7 @@ checkpoint holds, so state and offsets move together.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable, Sequence
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
@@ -177,7 +178,8 @@ class KafkaSource:
         for group in (self._consumer.metrics() or {}).values():
             ago = group.get("last-heartbeat-seconds-ago")
             if ago is not None:
-                return 0 <= ago < self._session_timeout_s
+                # inf until the first heartbeat after joining: assigned and fresh counts as up.
+                return not (math.isfinite(ago) and ago >= self._session_timeout_s)
         return True
 
     def close(self) -> None:
