@@ -1,4 +1,4 @@
-"""The README example of the meta-learning API runs as written."""
+"""The README's example of the meta-learning API (its first python block) runs as written."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import stream_meta.meta
 
-SECTION = Path(stream_meta.meta.__file__).with_name("README_SECTION.md")
+SECTION = Path(stream_meta.meta.__file__).parents[2] / "README.md"
 
 
 def test_readme_example_runs(capsys):
