@@ -70,7 +70,8 @@ class RunConfig(BaseModel):
     episode_stride: int = Field(5, ge=1, description="new labelled records of a task between episodes")
     replay_capacity: int = Field(200, ge=0, description="episodes kept in the reservoir replay memory")
     replay_per_update: int = Field(3, ge=0, description="replayed episodes mixed into each meta-update")
-    max_tasks: int = Field(1000, ge=1, description="tasks whose windows and fast weights are kept (LRU)")
+    max_tasks: int = Field(1000, ge=1, description="tasks whose recent-record windows are kept (LRU)")
+    fast_weight_cache: int = Field(16, ge=1, description="tasks whose adapted fast weights are cached (LRU, checkpointed)")
     seed: int = 0
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest next to other busy processes)")
     # --- metrics, checkpoints, logs ----------------------------------------

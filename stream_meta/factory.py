@@ -32,6 +32,7 @@ def build_learner(cfg: RunConfig) -> Learner:
         replay_capacity=cfg.replay_capacity,
         replay_per_update=cfg.replay_per_update,
         max_tasks=cfg.max_tasks,
+        fast_weight_cache=cfg.fast_weight_cache,
         seed=cfg.seed,
     )
 

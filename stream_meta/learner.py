@@ -16,7 +16,6 @@ task completes an episode, mixing replayed past episodes into the meta-batch.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -26,6 +25,7 @@ from torch.func import functional_call
 
 from stream_meta.episodes import EpisodeBuilder
 from stream_meta.meta import ALGORITHMS, Episode, get_algorithm
+from stream_meta.meta.mlp_sgd import mlp_forward
 from stream_meta.model import Params, build_mlp, init_params
 from stream_meta.replay import EpisodeReservoir
 
@@ -53,10 +53,6 @@ class Learner(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-def _all_finite(tensors) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
 class OnlineMetaLearner:
     """Shared meta-parameters + per-task fast weights + episode replay."""
 
@@ -76,11 +72,13 @@ class OnlineMetaLearner:
         replay_capacity: int = 200,
         replay_per_update: int = 3,
         max_tasks: int = 1000,
+        fast_weight_cache: int = 16,
         seed: int = 0,
     ) -> None:
         self.input_dim, self.num_classes, self.hidden = input_dim, num_classes, tuple(hidden)
         self.algorithm, self.inner_steps, self.inner_lr, self.meta_lr = algorithm, inner_steps, inner_lr, meta_lr
         self.replay_per_update, self.max_tasks, self.seed = replay_per_update, max_tasks, seed
+        self.fast_weight_cache = fast_weight_cache
 
         self.model = build_mlp([input_dim, *self.hidden, num_classes])
         self._rng = torch.Generator().manual_seed(seed)
@@ -96,7 +94,12 @@ class OnlineMetaLearner:
 
     # -- prediction ---------------------------------------------------------
     def fast_weights(self, task: str) -> Params:
-        """The meta-parameters adapted to ``task``'s recent records (cached until stale)."""
+        """The meta-parameters adapted to ``task``'s recent records.
+
+        ``inner_steps`` SGD steps from the meta-parameters on the task's window;
+        cached per task, and between meta-updates kept fresh with one step per new
+        record (see :meth:`learn`) instead of re-adapting from scratch.
+        """
         fast = self._fast.get(task)
         if fast is not None:
             self._fast.move_to_end(task)
@@ -104,20 +107,24 @@ class OnlineMetaLearner:
         window = self.episodes.window(task)
         if window is None or self.inner_steps == 0:
             return self.params
-        with torch.enable_grad():
-            fast = self.alg.adapt(
-                self.model, self.params, self.extra, window[0], window[1], steps=self.inner_steps, lr=self.inner_lr
-            )
-        if not _all_finite(fast.values()):
-            return self.params
+        fast = self._adapt(self.params, window, self.inner_steps)
         self._fast[task] = fast
-        while len(self._fast) > self.max_tasks:
+        while len(self._fast) > self.fast_weight_cache:
             self._fast.popitem(last=False)
         return fast
 
+    def _adapt(self, start: Params, window: tuple[torch.Tensor, torch.Tensor], steps: int) -> Params:
+        with torch.enable_grad():
+            return self.alg.adapt(self.model, start, self.extra, window[0], window[1], steps=steps, lr=self.inner_lr)
+
     @torch.no_grad()
     def logits(self, task: str, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, self.fast_weights(task), (x.unsqueeze(0),))[0]
+        out = mlp_forward(self.model, self.fast_weights(task), x.unsqueeze(0))[0]
+        if not bool(torch.isfinite(out).all()):
+            # Diverged fast weights: drop them and fall back to the meta-parameters.
+            self._fast.pop(task, None)
+            out = mlp_forward(self.model, self.params, x.unsqueeze(0))[0]
+        return out
 
     def predict(self, task: str, x: torch.Tensor) -> int:
         return int(self.logits(task, x).argmax())
@@ -125,10 +132,14 @@ class OnlineMetaLearner:
     # -- learning -------------------------------------------------------------
     def learn(self, task: str, x: torch.Tensor, y: int) -> LearnReport:
         report = LearnReport()
-        self._fast.pop(task, None)
         for episode in self.episodes.add(task, x, y):
             self._meta_update(episode, report)
             self.replay.add(episode, self._rng)
+        fast = self._fast.get(task)
+        if fast is not None and self.inner_steps > 0:
+            # One more inner step on the grown window keeps the cached fast weights
+            # current at a fraction of re-adapting from the meta-parameters.
+            self._fast[task] = self._adapt(fast, self.episodes.window(task), 1)
         return report
 
     def _meta_update(self, episode: Episode, report: LearnReport) -> None:
@@ -137,8 +148,7 @@ class OnlineMetaLearner:
             self.model, self.params, self.extra, batch, steps=self.inner_steps, lr=self.inner_lr
         )
         report.stats = stats
-        finite = _all_finite([*grads.values(), *extra_grads.values()]) and math.isfinite(stats["query_loss"])
-        if stats.get("nonfinite") or not finite:
+        if stats["nonfinite"]:  # the algorithm checked losses and gradients
             self.nonfinite_skips += 1
             report.nonfinite_skips += 1
             return
@@ -160,9 +170,8 @@ class OnlineMetaLearner:
 
     # -- state ----------------------------------------------------------------
     def state_dict(self) -> dict:
-        # Fast weights are not saved: they are re-derived from the meta-parameters
-        # and the saved windows, bit-identically.
         return {
+            "fast": [{"task": t, "params": dict(p)} for t, p in self._fast.items()],
             "params": {k: v.detach().clone() for k, v in self.params.items()},
             "extra": {k: v.detach().clone() for k, v in self.extra.items()},
             "optimizer": self.optimizer.state_dict(),
@@ -185,7 +194,7 @@ class OnlineMetaLearner:
         self._rng.set_state(state["rng"])
         self.meta_updates = int(state["meta_updates"])
         self.nonfinite_skips = int(state["nonfinite_skips"])
-        self._fast.clear()
+        self._fast = OrderedDict((e["task"], e["params"]) for e in state["fast"])
 
 
 class OnlineSGDLearner:

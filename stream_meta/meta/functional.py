@@ -89,6 +89,13 @@ def adapt(
     differentiable w.r.t. ``params`` (second-order MAML); otherwise it is detached.
     """
     names = tuple(params) if names is None else names
+    if not create_graph:
+        from stream_meta.meta.mlp_sgd import mlp_sgd_adapt  # imports lowrank, which imports this module
+
+        detached = None if scales is None else {k: v.detach() for k, v in scales.items()}
+        fast = mlp_sgd_adapt(model, params, x, y, steps=steps, lr=lr, kind=kind, names=names, scales=detached)
+        if fast is not None:
+            return fast
     if create_graph:
         fast = dict(params)
     else:
