@@ -11,7 +11,8 @@ import logging
 import math
 from typing import Any, Callable, Sequence
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -25,15 +26,29 @@ class ConnectorError(StreamMetaError):
     """The broker could not be reached or refused an operation (retryable)."""
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _Rebalance(AsyncConsumerRebalanceListener):
+    """Runs on kafka-python's IO loop, which is awaited: blocking consumer calls are refused
+    there, so the commit before hand-over is awaited asynchronously."""
+
     def __init__(self, source: "KafkaSource") -> None:
         self.source = source
 
-    def on_partitions_revoked(self, revoked):
-        if revoked and self.source.on_revoke is not None:
-            self.source.on_revoke()
+    async def on_partitions_revoked(self, revoked):
+        if not revoked or self.source.on_revoke is None:
+            return
+        offsets = self.source.on_revoke()  # the owner checkpoints and says what it has learned
+        to_commit = {
+            TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+            for (t, p), o in offsets.items()
+            if TopicPartition(t, p) in revoked
+        }
+        if to_commit:
+            try:
+                await self.source._consumer.commit_async(to_commit)
+            except KafkaError as exc:
+                log.warning("commit before hand-over failed (the new owner may re-learn records): %s", exc)
 
-    def on_partitions_assigned(self, assigned):
+    async def on_partitions_assigned(self, assigned):
         self.source._assigned(list(assigned))
 
 
@@ -41,9 +56,10 @@ class KafkaSource:
     """Consumes ``topic`` in consumer group ``group``.
 
     ``start_offsets`` (from the latest checkpoint) win over the group's committed
-    offsets; ``on_revoke`` runs before partitions are taken away, so the owner can
-    checkpoint what it has learned. It runs on kafka-python's IO thread, which
-    refuses blocking consumer calls: it must not commit.
+    offsets at start; ``on_revoke`` runs before partitions are taken away: the owner
+    checkpoints and returns its offsets, which are committed before the hand-over so
+    the next owner starts where this one stopped. It runs on kafka-python's IO thread:
+    it must not call the consumer.
     """
 
     def __init__(
@@ -53,7 +69,7 @@ class KafkaSource:
         topic: str,
         group: str,
         start_offsets: Offsets | None = None,
-        on_revoke: Callable[[], None] | None = None,
+        on_revoke: Callable[[], Offsets] | None = None,
         max_poll_records: int = 500,
         client_options: dict[str, Any] | None = None,
     ) -> None:
@@ -77,7 +93,10 @@ class KafkaSource:
 
     def _assigned(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
-            offset = self._start.get((tp.topic, tp.partition))
+            # The checkpoint's offset wins once, at start (it may be ahead of the group's
+            # commit after a crash). A partition that comes back after a rebalance resumes
+            # from the group's committed offset: another member may have learned past ours.
+            offset = self._start.pop((tp.topic, tp.partition), None)
             if offset is not None:
                 log.info("seeking %s[%d] to checkpointed offset %d", tp.topic, tp.partition, offset)
                 self._consumer.seek(tp, offset)

@@ -33,7 +33,7 @@ from stream_meta.stats import RunStats
 
 log = logging.getLogger(__name__)
 
-SourceFactory = Callable[[Offsets, Callable[[], None]], Source]
+SourceFactory = Callable[[Offsets, Callable[[], Offsets]], Source]
 
 
 @dataclass
@@ -243,9 +243,10 @@ class Service:
         self._last_checkpoint = time.monotonic()
         self.metrics.observe_checkpoint(time.perf_counter() - started)
 
-    def _on_revoke(self) -> None:
+    def _on_revoke(self) -> Offsets:
         log.info("partitions revoked: checkpointing before hand-over")
-        self.checkpoint(commit=False)
+        self.checkpoint(commit=False)  # the source commits these offsets itself, asynchronously
+        return dict(self.offsets)
 
     def _restore(self) -> None:
         ckpt = self.store.load_latest()
