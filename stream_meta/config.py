@@ -70,6 +70,14 @@ class RunConfig(BaseModel):
     episode_stride: int = Field(5, ge=1, description="new labelled records of a task between episodes")
     replay_capacity: int = Field(200, ge=0, description="episodes kept in the reservoir replay memory")
     replay_per_update: int = Field(3, ge=0, description="replayed episodes mixed into each meta-update")
+    memory_capacity: int = Field(0, ge=0, description="records kept in the record replay memory (0 = off)")
+    memory_policy: Literal["reservoir", "task", "class"] = Field(
+        "reservoir", description="which records the replay memory keeps: uniform over the stream, or balanced by task / class")
+    memory_query: int = Field(0, ge=0, description="replayed records appended to each meta-update's query set (MER / La-MAML)")
+    regularizer: Literal["none", "ewc", "si", "mas"] = Field(
+        "none", description="penalty anchoring the meta-parameters, consolidated at each task change")
+    reg_strength: float = Field(0.0, ge=0, description="the regulariser's weight (lambda)")
+    reg_decay: float = Field(1.0, ge=0, le=1, description="share of earlier tasks' importance kept at each task change")
     max_tasks: int = Field(1000, ge=1, description="tasks whose recent-record windows are kept (LRU)")
     fast_weight_cache: int = Field(16, ge=1, description="tasks whose adapted fast weights are cached (LRU, checkpointed)")
     seed: int = 0

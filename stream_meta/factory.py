@@ -34,6 +34,12 @@ def build_learner(cfg: RunConfig) -> Learner:
         max_tasks=cfg.max_tasks,
         fast_weight_cache=cfg.fast_weight_cache,
         seed=cfg.seed,
+        memory_capacity=cfg.memory_capacity,
+        memory_policy=cfg.memory_policy,
+        memory_query=cfg.memory_query,
+        regularizer=cfg.regularizer,
+        reg_strength=cfg.reg_strength,
+        reg_decay=cfg.reg_decay,
     )
 
 

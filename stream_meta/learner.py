@@ -27,7 +27,8 @@ from stream_meta.episodes import EpisodeBuilder
 from stream_meta.meta import ALGORITHMS, Episode, get_algorithm
 from stream_meta.meta.mlp_sgd import mlp_forward
 from stream_meta.model import Params, build_mlp, init_params
-from stream_meta.replay import EpisodeReservoir
+from stream_meta.regularizers import build_regularizer
+from stream_meta.replay import EpisodeReservoir, RecordMemory
 
 
 @dataclass
@@ -74,8 +75,16 @@ class OnlineMetaLearner:
         max_tasks: int = 1000,
         fast_weight_cache: int = 16,
         seed: int = 0,
+        memory_capacity: int = 0,
+        memory_policy: str = "reservoir",
+        memory_query: int = 0,
+        regularizer: str = "none",
+        reg_strength: float = 0.0,
+        reg_decay: float = 1.0,
     ) -> None:
         self.input_dim, self.num_classes, self.hidden = input_dim, num_classes, tuple(hidden)
+        self.memory_capacity, self.memory_policy, self.memory_query = memory_capacity, memory_policy, memory_query
+        self.regularizer, self.reg_strength, self.reg_decay = regularizer, reg_strength, reg_decay
         self.algorithm, self.inner_steps, self.inner_lr, self.meta_lr = algorithm, inner_steps, inner_lr, meta_lr
         self.replay_per_update, self.max_tasks, self.seed = replay_per_update, max_tasks, seed
         self.fast_weight_cache = fast_weight_cache
@@ -88,6 +97,10 @@ class OnlineMetaLearner:
         self.optimizer = torch.optim.Adam([*self.params.values(), *self.extra.values()], lr=meta_lr)
         self.episodes = EpisodeBuilder(support_size, query_size, episode_stride, max_tasks)
         self.replay = EpisodeReservoir(replay_capacity)
+        # Record-level replay (MER / La-MAML): replayed records join each meta-update's query set.
+        self.memory = RecordMemory(memory_capacity, memory_policy)
+        self.reg = build_regularizer(regularizer, reg_strength, reg_decay)
+        self._last_task: str | None = None
         self._fast: OrderedDict[str, Params] = OrderedDict()  # fresh fast weights per task
         self.meta_updates = 0
         self.nonfinite_skips = 0
@@ -132,6 +145,10 @@ class OnlineMetaLearner:
     # -- learning -------------------------------------------------------------
     def learn(self, task: str, x: torch.Tensor, y: int) -> LearnReport:
         report = LearnReport()
+        if task != self._last_task:
+            if self._last_task is not None:
+                self._task_boundary(self._last_task)
+            self._last_task = task
         for episode in self.episodes.add(task, x, y):
             self._meta_update(episode, report)
             self.replay.add(episode, self._rng)
@@ -140,13 +157,31 @@ class OnlineMetaLearner:
             # One more inner step on the grown window keeps the cached fast weights
             # current at a fraction of re-adapting from the meta-parameters.
             self._fast[task] = self._adapt(fast, self.episodes.window(task), 1)
+        self.memory.add(task, x, y, self._rng)
         return report
 
+    def _task_boundary(self, finished: str) -> None:
+        """The stream moved on from ``finished``: consolidate the regulariser on its records."""
+        if self.reg is not None:
+            window = self.episodes.window(finished)
+            tasks, mx, my = self.memory.records()
+            mine = torch.tensor([t == finished for t in tasks], dtype=torch.bool)
+            if window is not None and bool(mine.any()):
+                window = torch.cat([window[0], mx[mine]]), torch.cat([window[1], my[mine]])
+            self.reg.on_boundary(self.model, self.params, window)
+
     def _meta_update(self, episode: Episode, report: LearnReport) -> None:
+        if self.memory_query > 0 and len(self.memory):
+            mx, my = self.memory.sample(self.memory_query, self._rng)
+            episode = Episode(episode.task, episode.support_x, episode.support_y,
+                              torch.cat([episode.query_x, mx]), torch.cat([episode.query_y, my]))
         batch = [episode, *self.replay.sample(self.replay_per_update, self._rng)]
         grads, extra_grads, stats = self.alg.meta_gradient(
             self.model, self.params, self.extra, batch, steps=self.inner_steps, lr=self.inner_lr
         )
+        loss_grads = grads
+        if self.reg is not None and not stats["nonfinite"]:
+            grads = self.reg.add_penalty_grad(self.params, grads)
         report.stats = stats
         if stats["nonfinite"]:  # the algorithm checked losses and gradients
             self.nonfinite_skips += 1
@@ -156,8 +191,11 @@ class OnlineMetaLearner:
             self.params[name].grad = g
         for name, g in extra_grads.items():
             self.extra[name].grad = g
+        before = {k: v.detach().clone() for k, v in self.params.items()} if self.reg is not None else None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.reg is not None:
+            self.reg.after_step(before, self.params, loss_grads)
         project = getattr(self.alg, "project_extra", None)
         if project is not None:
             with torch.no_grad():
@@ -180,6 +218,9 @@ class OnlineMetaLearner:
             "rng": self._rng.get_state(),
             "meta_updates": self.meta_updates,
             "nonfinite_skips": self.nonfinite_skips,
+            "memory": self.memory.state_dict(),
+            "regularizer": None if self.reg is None else self.reg.state_dict(),
+            "last_task": self._last_task,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -195,6 +236,11 @@ class OnlineMetaLearner:
         self.meta_updates = int(state["meta_updates"])
         self.nonfinite_skips = int(state["nonfinite_skips"])
         self._fast = OrderedDict((e["task"], e["params"]) for e in state["fast"])
+        if "memory" in state:  # checkpoints written before record replay existed lack these
+            self.memory.load_state_dict(state["memory"])
+            if self.reg is not None and state["regularizer"] is not None:
+                self.reg.load_state_dict(state["regularizer"])
+            self._last_task = state["last_task"]
 
 
 class OnlineSGDLearner:
