@@ -1,0 +1,25 @@
+import pytest
+
+from stream_meta.cl.metrics import cl_metrics
+
+
+def test_metrics_by_hand_on_three_tasks():
+    a = [[0.9, 0.2, 0.1],
+         [0.6, 0.8, 0.3],
+         [0.5, 0.7, 0.95]]
+    m = cl_metrics(a)
+    assert m.ra == pytest.approx((0.5 + 0.7 + 0.95) / 3)
+    assert m.learning_accuracy == pytest.approx((0.9 + 0.8 + 0.95) / 3)
+    assert m.bti == pytest.approx(((0.5 - 0.9) + (0.7 - 0.8)) / 2)
+    assert m.forgetting == pytest.approx(((0.9 - 0.5) + (0.8 - 0.7)) / 2)
+
+
+def test_no_forgetting_and_positive_backward_transfer():
+    m = cl_metrics([[0.5, 0.0], [0.7, 0.9]])
+    assert m.bti == pytest.approx(0.2) and m.forgetting == pytest.approx(-0.2)
+    assert cl_metrics([[0.4]]).bti == 0.0
+
+
+def test_rejects_a_ragged_matrix():
+    with pytest.raises(ValueError):
+        cl_metrics([[0.1, 0.2]])
