@@ -1,4 +1,4 @@
-"""Fixtures for the meta-learning core tests: one torch thread, tiny models."""
+"""Fixtures for the meta-learning core tests: tiny models (one torch thread: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,6 @@ import torch
 from torch import nn
 
 from stream_meta.model import build_mlp
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread (two are ~100x slower when another process is busy on a
-    2-core machine), restored afterwards for the rest of the session."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
