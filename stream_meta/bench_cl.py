@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", type=int, default=None, help="override the protocol's number of tasks")
     p.add_argument("--per-task", type=int, default=None, help="override the protocol's records per task")
     p.add_argument("--test-per-task", type=int, default=None, help="held-out records per task")
-    p.add_argument("--learners", default="fomaml,fomaml+er", help=f"stream-meta learners, of {','.join(LEARNERS)}")
+    p.add_argument("--learners", default="fomaml,reptile+er", help=f"stream-meta learners, of {','.join(LEARNERS)}")
     p.add_argument("--baselines", default="online-naive,naive,replay,ewc,er-ace,mir,mer,lamaml,gdumb",
                    help=f"Avalanche strategies ('none' for none), of {','.join(AVALANCHE_METHODS)}")
     p.add_argument("--baseline-minibatch", type=int, default=10, help="records per Avalanche minibatch")

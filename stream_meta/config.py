@@ -78,6 +78,9 @@ class RunConfig(BaseModel):
         "none", description="penalty anchoring the meta-parameters, consolidated at each task change")
     reg_strength: float = Field(0.0, ge=0, description="the regulariser's weight (lambda)")
     reg_decay: float = Field(1.0, ge=0, le=1, description="share of earlier tasks' importance kept at each task change")
+    probe_per_task: int = Field(0, ge=0, description="records per task held out from learning to estimate "
+                                "forgetting live (0 = off; 1 in 10 of a task's first records)")
+    probe_every: int = Field(1000, ge=1, description="learned records between re-evaluations of the probe sets")
     max_tasks: int = Field(1000, ge=1, description="tasks whose recent-record windows are kept (LRU)")
     fast_weight_cache: int = Field(16, ge=1, description="tasks whose adapted fast weights are cached (LRU, checkpointed)")
     seed: int = 0

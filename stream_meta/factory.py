@@ -40,6 +40,8 @@ def build_learner(cfg: RunConfig) -> Learner:
         regularizer=cfg.regularizer,
         reg_strength=cfg.reg_strength,
         reg_decay=cfg.reg_decay,
+        probe_per_task=cfg.probe_per_task,
+        probe_every=cfg.probe_every,
     )
 
 

@@ -27,6 +27,7 @@ from stream_meta.episodes import EpisodeBuilder
 from stream_meta.meta import ALGORITHMS, Episode, get_algorithm
 from stream_meta.meta.mlp_sgd import mlp_forward
 from stream_meta.model import Params, build_mlp, init_params
+from stream_meta.probes import ForgettingProbe
 from stream_meta.regularizers import build_regularizer
 from stream_meta.replay import EpisodeReservoir, RecordMemory
 
@@ -81,10 +82,13 @@ class OnlineMetaLearner:
         regularizer: str = "none",
         reg_strength: float = 0.0,
         reg_decay: float = 1.0,
+        probe_per_task: int = 0,
+        probe_every: int = 1000,
     ) -> None:
         self.input_dim, self.num_classes, self.hidden = input_dim, num_classes, tuple(hidden)
         self.memory_capacity, self.memory_policy, self.memory_query = memory_capacity, memory_policy, memory_query
         self.regularizer, self.reg_strength, self.reg_decay = regularizer, reg_strength, reg_decay
+        self.probe_per_task, self.probe_every = probe_per_task, probe_every
         self.algorithm, self.inner_steps, self.inner_lr, self.meta_lr = algorithm, inner_steps, inner_lr, meta_lr
         self.replay_per_update, self.max_tasks, self.seed = replay_per_update, max_tasks, seed
         self.fast_weight_cache = fast_weight_cache
@@ -101,6 +105,11 @@ class OnlineMetaLearner:
         self.memory = RecordMemory(memory_capacity, memory_policy)
         self.reg = build_regularizer(regularizer, reg_strength, reg_decay)
         self._last_task: str | None = None
+        # Live forgetting estimate on records held out from learning (off when probe_per_task == 0).
+        self.probe = ForgettingProbe(probe_per_task) if probe_per_task > 0 else None
+        self.retained_accuracy: float | None = None
+        self.forgetting: float | None = None
+        self._since_probe = 0
         self._fast: OrderedDict[str, Params] = OrderedDict()  # fresh fast weights per task
         self.meta_updates = 0
         self.nonfinite_skips = 0
@@ -145,6 +154,13 @@ class OnlineMetaLearner:
     # -- learning -------------------------------------------------------------
     def learn(self, task: str, x: torch.Tensor, y: int) -> LearnReport:
         report = LearnReport()
+        if self.probe is not None:
+            if self.probe.offer(task, x, y):
+                return report  # held out: a probe record is never learned from
+            self._since_probe += 1
+            if self._since_probe >= self.probe_every:
+                self._since_probe = 0
+                self.retained_accuracy, self.forgetting = self.probe.evaluate(self._probe_predict, task)
         if task != self._last_task:
             if self._last_task is not None:
                 self._task_boundary(self._last_task)
@@ -159,6 +175,14 @@ class OnlineMetaLearner:
             self._fast[task] = self._adapt(fast, self.episodes.window(task), 1)
         self.memory.add(task, x, y, self._rng)
         return report
+
+    @torch.no_grad()
+    def _probe_predict(self, task: str, x: torch.Tensor) -> torch.Tensor:
+        # Adapted from the meta-parameters on the task's window, as predict would, but
+        # without touching the fast-weight cache.
+        window = self.episodes.window(task)
+        fast = self.params if window is None or self.inner_steps == 0 else self._adapt(self.params, window, self.inner_steps)
+        return mlp_forward(self.model, fast, x).argmax(1)
 
     def _task_boundary(self, finished: str) -> None:
         """The stream moved on from ``finished``: consolidate the regulariser on its records."""
@@ -221,6 +245,10 @@ class OnlineMetaLearner:
             "memory": self.memory.state_dict(),
             "regularizer": None if self.reg is None else self.reg.state_dict(),
             "last_task": self._last_task,
+            "probe": None if self.probe is None else {
+                **self.probe.state_dict(), "since": self._since_probe,
+                "retained_accuracy": self.retained_accuracy, "forgetting": self.forgetting,
+            },
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -241,6 +269,10 @@ class OnlineMetaLearner:
             if self.reg is not None and state["regularizer"] is not None:
                 self.reg.load_state_dict(state["regularizer"])
             self._last_task = state["last_task"]
+        if self.probe is not None and state.get("probe") is not None:
+            self.probe.load_state_dict(state["probe"])
+            self._since_probe = int(state["probe"]["since"])
+            self.retained_accuracy, self.forgetting = state["probe"]["retained_accuracy"], state["probe"]["forgetting"]
 
 
 class OnlineSGDLearner:

@@ -165,6 +165,12 @@ class Metrics:
         for bucket, _, _ in POSITION_BUCKETS:
             self.accuracy_by_position.labels(bucket).set(math.nan)
         self.tasks_seen = Gauge("tasks_seen", "Distinct tasks seen", namespace=NS, registry=r)
+        self.retained_accuracy = Gauge(
+            "retained_accuracy", "Mean accuracy on the held-out probe records of recent tasks (probe_per_task > 0)",
+            namespace=NS, registry=r)
+        self.forgetting = Gauge(
+            "forgetting", "Mean drop from best accuracy on earlier tasks' probe records (probe_per_task > 0)",
+            namespace=NS, registry=r)
         self.task_boundaries = Counter(
             "task_boundaries", "Labelled records that start a new task or return to a known one, by kind",
             ["kind"], namespace=NS, registry=r,

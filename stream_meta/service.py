@@ -310,6 +310,9 @@ class Service:
         self.metrics.tasks_seen.set(self.stats.tasks_seen)
         self.metrics.replay_records.set(len(self.learner.replay))
         self.metrics.replay_bytes.set(self.learner.replay.nbytes())
+        if getattr(self.learner, "forgetting", None) is not None:
+            self.metrics.retained_accuracy.set(self.learner.retained_accuracy)
+            self.metrics.forgetting.set(self.learner.forgetting)
         lag = self.source.lag() if self.source is not None else None
         if lag is not None:
             self.metrics.consumer_lag.set(lag)

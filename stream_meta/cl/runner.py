@@ -29,6 +29,12 @@ LEARNERS: dict[str, dict] = {
     "fomaml+er+si": dict(memory_capacity=200, memory_query=10, regularizer="si", reg_strength=1.0),
     "fomaml+er+mas": dict(memory_capacity=200, memory_query=10, regularizer="mas", reg_strength=1.0),
     "fomaml+ewc": dict(regularizer="ewc", reg_strength=10.0, reg_decay=0.9),
+    # Reptile moves the meta-parameters toward fast weights adapted on support + replayed
+    # records: MER's recipe, and the meta-parameters alone then hold every task.
+    "reptile": dict(algorithm="reptile"),
+    "reptile+er": dict(algorithm="reptile", memory_capacity=200, memory_policy="task", memory_query=10),
+    "reptile+er+ewc": dict(algorithm="reptile", memory_capacity=200, memory_policy="task", memory_query=10,
+                           regularizer="ewc", reg_strength=1.0, reg_decay=0.9),
 }
 
 
