@@ -18,7 +18,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/stream-meta demo
 
-test: $(STAMP) prometheus
+test: $(STAMP) prometheus mnist
 	$(PY) -m pytest -q
 
 # tests/deploy run a real Prometheus server and promtool: Debian's `prometheus` package,
