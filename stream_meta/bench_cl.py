@@ -98,14 +98,18 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import numpy as np
 
     ok = [r for r in rows if r.get("accuracy_matrix") and r["seed"] == rows[0]["seed"]]
-    n = len(ok)
-    fig, axes = plt.subplots(1, n + 1, figsize=(3.2 * (n + 1), 3.4), squeeze=False)
-    for ax, r in zip(axes[0], ok):
+    cols = min(len(ok) + 1, 5)
+    nrows = -(-(len(ok) + 1) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 3.2 * nrows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[len(ok) + 1:]:
+        ax.axis("off")
+    for ax, r in zip(flat, ok):
         ax.imshow(np.array(r["accuracy_matrix"]) * 100, vmin=0, vmax=100, cmap="viridis")
         ax.set_title(r["method"], fontsize=9)
         ax.set_xlabel("evaluated task")
         ax.set_ylabel("after task")
-    ax = axes[0][-1]
+    ax = flat[len(ok)]
     methods = sorted({r["method"] for r in rows if r["ra"] is not None}, key=lambda m: [x["method"] for x in rows].index(m))
     ras = [100 * np.mean([r["ra"] for r in rows if r["method"] == m and r["ra"] is not None]) for m in methods]
     colors = ["tab:blue" if any(r["family"] == "stream-meta" and r["method"] == m for r in rows) else "tab:gray" for m in methods]

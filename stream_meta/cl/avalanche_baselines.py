@@ -55,7 +55,7 @@ def _strategy(name: str, model: torch.nn.Module, lr: float, mb: int = MB):
     if name == "replay":
         return at.Replay(model=model, optimizer=opt, mem_size=MEMORY, **common)
     if name == "ewc":
-        return at.EWC(model=model, optimizer=opt, ewc_lambda=100.0, mode="online", decay_factor=0.9, **common)
+        return at.EWC(model=model, optimizer=opt, ewc_lambda=1.0, mode="online", decay_factor=0.9, **common)
     if name == "si":
         return at.SynapticIntelligence(model=model, optimizer=opt, si_lambda=1.0, **common)
     if name == "mas":
