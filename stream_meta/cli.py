@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from stream_meta import __version__
@@ -115,8 +117,16 @@ def run_daemon(cfg) -> dict:
     if cfg.metrics_port is not None:
         server = HealthServer(registry, cfg.metrics_host, cfg.metrics_port, service.alive, service.ready).start()
         log.info("metrics on %s/metrics (health: /healthz, /readyz)", server.url)
-    previous = {s: signal.signal(s, lambda signum, _f: service.request_stop(signal.Signals(signum).name))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    def on_signal(signum: int, _frame) -> None:
+        service.request_stop(signal.Signals(signum).name)
+        # A graceful stop (finish the record, final checkpoint) that hangs, e.g. on an
+        # unreachable broker while flushing dead letters, must not keep the process
+        # alive forever: exit non-zero; the last checkpoint is intact.
+        watchdog = threading.Timer(cfg.shutdown_timeout_s, _shutdown_timed_out, (cfg.shutdown_timeout_s,))
+        watchdog.daemon = True
+        watchdog.start()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return service.run()
     finally:
@@ -124,6 +134,12 @@ def run_daemon(cfg) -> dict:
             signal.signal(s, handler)
         if server is not None:
             server.stop()
+
+
+def _shutdown_timed_out(timeout_s: float) -> None:
+    log.error("graceful stop did not finish within %.0fs (--shutdown-timeout-s): exiting with code 3", timeout_s)
+    logging.shutdown()
+    os._exit(3)
 
 
 def cmd_produce(args: argparse.Namespace) -> int:

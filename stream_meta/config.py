@@ -51,6 +51,8 @@ class RunConfig(BaseModel):
         "earliest", description="when a partition's log restarts below the checkpointed offset: "
         "earliest = learn what the broker holds now as new records (logged, counted); fail = stop with an error"
     )
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="after SIGTERM/SIGINT, exit with code 3 if the "
+                                      "graceful stop (final checkpoint) takes longer than this")
     deterministic: bool = Field(False, description="fixed seeds, deterministic torch algorithms, one thread")
     # --- stopping ---------------------------------------------------------
     max_records: int | None = Field(None, ge=1, description="stop cleanly after this many records consumed")

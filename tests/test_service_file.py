@@ -113,3 +113,21 @@ def test_fuzz_the_whole_per_record_path_never_raises(tmp_path):
 
     check()
     service.sinks.close()
+
+
+def test_a_graceful_stop_that_outlasts_its_timeout_exits_non_zero(tmp_path):
+    src = tmp_path / "in.jsonl"
+    _write(src, 1500)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream_meta.cli", "run", "--input-file", str(src), "--input-dim", "64",
+         "--num-classes", "10", "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-port", "0",
+         "--idle-timeout-s", "600", "--shutdown-timeout-s", "0.001", "--checkpoint-every-records", "100"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((tmp_path / "ckpt").glob("ckpt-*.json")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3
+    assert "did not finish within" in err
+    assert list((tmp_path / "ckpt").glob("ckpt-*.json"))  # the last good checkpoint is intact
