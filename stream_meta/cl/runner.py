@@ -33,6 +33,9 @@ LEARNERS: dict[str, dict] = {
     # records: MER's recipe, and the meta-parameters alone then hold every task.
     "reptile": dict(algorithm="reptile"),
     "reptile+er": dict(algorithm="reptile", memory_capacity=200, memory_policy="task", memory_query=10),
+    # Tuned on MNIST Permutations 5 x 1000: smaller meta steps, more replayed episodes.
+    "reptile+er-tuned": dict(algorithm="reptile", memory_capacity=200, memory_policy="task", memory_query=10,
+                             meta_lr=5e-3, replay_per_update=6),
     "reptile+er+ewc": dict(algorithm="reptile", memory_capacity=200, memory_policy="task", memory_query=10,
                            regularizer="ewc", reg_strength=1.0, reg_decay=0.9),
 }
