@@ -16,6 +16,7 @@ task completes an episode, mixing replayed past episodes into the meta-batch.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -236,7 +237,8 @@ class OnlineMetaLearner:
             "fast": [{"task": t, "params": dict(p)} for t, p in self._fast.items()],
             "params": {k: v.detach().clone() for k, v in self.params.items()},
             "extra": {k: v.detach().clone() for k, v in self.extra.items()},
-            "optimizer": self.optimizer.state_dict(),
+            # A copy: the optimiser's own dict holds its live moment tensors.
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "episodes": self.episodes.state_dict(),
             "replay": self.replay.state_dict(),
             "rng": self._rng.get_state(),
@@ -305,7 +307,7 @@ class OnlineSGDLearner:
         return LearnReport()
 
     def state_dict(self) -> dict:
-        return {"params": {k: v.detach().clone() for k, v in self.params.items()}, "optimizer": self.optimizer.state_dict()}
+        return {"params": {k: v.detach().clone() for k, v in self.params.items()}, "optimizer": copy.deepcopy(self.optimizer.state_dict())}
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():

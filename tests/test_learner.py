@@ -104,3 +104,15 @@ def test_constructor_arguments_are_stored_unchanged():
     _drive(learner, _stream(20))
     assert hidden == [16] and learner.hidden == (16,)
     assert "sgd" in learner_names() and "fomaml" in learner_names()
+
+
+def test_state_dict_shares_no_live_tensors_with_the_learner():
+    recs = list(_stream(80))
+    a = OnlineMetaLearner(**KW)
+    _drive(a, recs[:40])
+    b = OnlineMetaLearner(**KW)
+    b.load_state_dict(a.state_dict())  # directly, not through bytes
+    _drive(a, recs[40:])
+    _drive(b, recs[40:])
+    for k in a.params:
+        assert torch.equal(a.params[k], b.params[k]), k
