@@ -68,6 +68,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=1, help="inner SGD steps")
     p.add_argument("--lr", type=float, default=0.4, help="inner step size")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tolerance", type=float, default=1e-3,
+        help="fail if an engine's meta-gradient differs from naive's by more (relative norm; default 1e-3, float32)",
+    )
     p.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     args = p.parse_args(argv)
     bad = [a for a in args.algorithms if a not in ("maml", "fomaml")]
@@ -133,6 +137,24 @@ def naive_step(alg: str, model: nn.Module, opt: torch.optim.Optimizer, episodes:
     opt.step()
 
 
+def agreement(alg_name: str, args: argparse.Namespace, init: dict[str, torch.Tensor], tasks: Sequence[Episode], device: torch.device) -> float:
+    """Largest relative difference, over engines and parameters, between each engine's
+    meta-gradient and the naive loop's (``.grad`` after one naive step), on ``device``:
+    the timed implementations compute the same thing."""
+    model = build_mlp(args.sizes).to(device)
+    model.load_state_dict(init)
+    naive_step(alg_name, model, torch.optim.SGD(model.parameters(), lr=0.0), tasks, args.steps, args.lr)
+    ref = {k: p.grad for k, p in model.named_parameters()}
+    worst = 0.0
+    for engine in args.engines:
+        alg = get_algorithm(alg_name, backend=engine)
+        params = {k: v.clone().requires_grad_() for k, v in init.items()}
+        grads, _, _ = alg.meta_gradient(model, params, alg.init_extra(params), tasks, steps=args.steps, lr=args.lr)
+        for k, g in grads.items():
+            worst = max(worst, ((g - ref[k]).norm() / ref[k].norm().clamp_min(1e-12)).item())
+    return worst
+
+
 def _time_interleaved(
     fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, stat: str = "min"
 ) -> dict[str, float]:
@@ -167,6 +189,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         for t in args.batches:
             tasks = make_tasks(args, t, device)
             row: dict = {"algorithm": alg_name, "meta_batch": t}
+            row["max_rel_diff"] = agreement(alg_name, args, init, tasks, device)
+            if row["max_rel_diff"] > args.tolerance:
+                raise SystemExit(f"{alg_name} meta-batch {t}: engines differ from naive by {row['max_rel_diff']:.2e} > {args.tolerance}")
             naive_model = build_mlp(args.sizes).to(device)
             naive_model.load_state_dict(init)
             naive_opt = torch.optim.Adam(naive_model.parameters(), lr=1e-4)
@@ -194,6 +219,7 @@ def _format_row(row: dict, engines: list[str]) -> str:
     cells = [f"{row['algorithm']:<8}", f"{row['meta_batch']:>5}", f"{row['naive']:>9.1f}"]
     cells += [f"{row[e]:>9.1f}" for e in engines]
     cells.append(f"{row['speedup']:>7.2f}x")
+    cells.append(f"{row['max_rel_diff']:>9.1e}")
     return " ".join(cells)
 
 
@@ -206,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         f"device {args.device}, {args.threads} thread(s), torch {torch.__version__}, {args.stat} of {args.repeats}"
     )
     print(cfg)
-    print("tasks/s per implementation; speedup = " + args.engines[0] + " / naive")
-    header = ["algorithm", "batch", "naive"] + args.engines + ["speedup"]
-    widths = [8, 5, 9] + [9] * len(args.engines) + [8]
+    print("tasks/s per implementation; speedup = " + args.engines[0] + " / naive; "
+          "grad_diff = largest relative difference of an engine's meta-gradient from naive's")
+    header = ["algorithm", "batch", "naive"] + args.engines + ["speedup", "grad_diff"]
+    widths = [8, 5, 9] + [9] * len(args.engines) + [8, 9]
     print(" ".join(f"{h:>{w}}" if i else f"{h:<{w}}" for i, (h, w) in enumerate(zip(header, widths))))
     rows = run(args)
     if args.json_path:

@@ -27,6 +27,21 @@ def test_runs_and_writes_json(tmp_path, capsys):
     rows = json.loads(path.read_text())["rows"]
     assert [(r["algorithm"], r["meta_batch"]) for r in rows] == [("maml", 1), ("maml", 3), ("fomaml", 1), ("fomaml", 3)]
     assert all(r["naive"] > 0 and r["auto"] > 0 and r["speedup"] > 0 for r in rows)
+    assert all(0 <= r["max_rel_diff"] < 1e-3 for r in rows)
+
+
+def test_fails_when_engines_disagree_with_naive(monkeypatch):
+    """The agreement check is live: a naive step that computes something else stops the run."""
+    real = bench.naive_step
+
+    def skewed(alg, model, opt, episodes, steps, lr):
+        real(alg, model, opt, episodes, steps, lr * 3)
+
+    monkeypatch.setattr(bench, "naive_step", skewed)
+    argv = ["--batches", "2", "--algorithms", "fomaml", "--sizes", "6,5,4", "--ways", "3", "--shots", "2",
+            "--queries", "2", "--repeats", "1", "--steps", "2"]
+    with pytest.raises(SystemExit, match="differ from naive"):
+        bench.main(argv)
 
 
 def test_rejects_unknown_algorithm():
