@@ -24,6 +24,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from stream_meta.meta.algorithms import get_algorithm
 from stream_meta.meta.api import meta_step
@@ -69,8 +70,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.4, help="inner step size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--tolerance", type=float, default=1e-3,
-        help="fail if an engine's meta-gradient differs from naive's by more (relative norm; default 1e-3, float32)",
+        "--tolerance", type=float, default=1e-6,
+        help="fail if an engine's float64 meta-gradient differs from naive's by more (relative norm; default 1e-6)",
     )
     p.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     args = p.parse_args(argv)
@@ -139,9 +140,12 @@ def naive_step(alg: str, model: nn.Module, opt: torch.optim.Optimizer, episodes:
 
 def agreement(alg_name: str, args: argparse.Namespace, init: dict[str, torch.Tensor], tasks: Sequence[Episode], device: torch.device) -> float:
     """Largest relative difference, over engines and parameters, between each engine's
-    meta-gradient and the naive loop's (``.grad`` after one naive step), on ``device``:
-    the timed implementations compute the same thing."""
-    model = build_mlp(args.sizes).to(device)
+    meta-gradient and the naive loop's (``.grad`` after one naive step), on ``device`` in
+    float64 (float32 rounding, amplified by K inner steps, would hide nothing but blur the
+    check): the timed implementations compute the same thing."""
+    init = {k: v.double() for k, v in init.items()}
+    tasks = [Episode(e.task, e.support_x.double(), e.support_y, e.query_x.double(), e.query_y) for e in tasks]
+    model = build_mlp(args.sizes).to(device).double()
     model.load_state_dict(init)
     naive_step(alg_name, model, torch.optim.SGD(model.parameters(), lr=0.0), tasks, args.steps, args.lr)
     ref = {k: p.grad for k, p in model.named_parameters()}
@@ -179,6 +183,21 @@ def _time_interleaved(
     return {k: reduce(v) for k, v in times.items()}
 
 
+def matmul_peak(device: torch.device, n: int = 1024, repeats: int = 5) -> float:
+    """GFLOP/s of an ``n``-square float32 matrix product on ``device``: the ceiling that
+    the implementations' own GFLOP/s are read against."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sec = _time_interleaved({"mm": partial(torch.mm, a, b)}, repeats, device)["mm"]
+    return 2 * n**3 / sec / 1e9
+
+
+def gflop(fn: Callable[[], object]) -> float:
+    """Matrix-product GFLOP of one call of ``fn`` (forward and backward), as torch counts them."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -206,10 +225,13 @@ def run(args: argparse.Namespace) -> list[dict]:
                 fns[engine] = partial(
                     meta_step, alg, template, params, extra, tasks, opt, steps=args.steps, lr=args.lr
                 )
+            main_engine = args.engines[0]
+            work = {k: gflop(fns[k]) for k in ("naive", main_engine)}
             for k, sec in _time_interleaved(fns, args.repeats, device, args.stat).items():
                 row[k] = t / sec
-            main_engine = args.engines[0]
             row["speedup"] = row[main_engine] / row["naive"]
+            for k, g in work.items():
+                row[f"{k}_gflop_per_s"] = g * row[k] / t
             rows.append(row)
             print(_format_row(row, args.engines), flush=True)
     return rows
@@ -220,6 +242,7 @@ def _format_row(row: dict, engines: list[str]) -> str:
     cells += [f"{row[e]:>9.1f}" for e in engines]
     cells.append(f"{row['speedup']:>7.2f}x")
     cells.append(f"{row['max_rel_diff']:>9.1e}")
+    cells += [f"{row[f'{k}_gflop_per_s']:>7.1f}" for k in ("naive", engines[0])]
     return " ".join(cells)
 
 
@@ -231,16 +254,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.queries}/class query, {args.steps} inner step(s) lr {args.lr}, Adam outer step, "
         f"device {args.device}, {args.threads} thread(s), torch {torch.__version__}, {args.stat} of {args.repeats}"
     )
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak(torch.device(args.device))
+    cfg += f", float32 1024x1024 matmul {peak:.0f} GFLOP/s"
     print(cfg)
     print("tasks/s per implementation; speedup = " + args.engines[0] + " / naive; "
-          "grad_diff = largest relative difference of an engine's meta-gradient from naive's")
-    header = ["algorithm", "batch", "naive"] + args.engines + ["speedup", "grad_diff"]
-    widths = [8, 5, 9] + [9] * len(args.engines) + [8, 9]
+          "grad_diff = largest relative difference of an engine's float64 meta-gradient from naive's; "
+          "GF/s = matrix-product GFLOP/s of naive and of " + args.engines[0] + " (against the matmul figure above)")
+    header = ["algorithm", "batch", "naive"] + args.engines + ["speedup", "grad_diff", "GF/s n", f"GF/s {args.engines[0][:2]}"]
+    widths = [8, 5, 9] + [9] * len(args.engines) + [8, 9, 7, 7]
     print(" ".join(f"{h:>{w}}" if i else f"{h:<{w}}" for i, (h, w) in enumerate(zip(header, widths))))
     rows = run(args)
     if args.json_path:
         with open(args.json_path, "w") as f:
-            json.dump({"config": cfg, "args": {k: v for k, v in vars(args).items()}, "machine": platform.machine(), "rows": rows}, f, indent=2)
+            json.dump({"config": cfg, "matmul_gflop_per_s": peak, "args": {k: v for k, v in vars(args).items()}, "machine": platform.machine(), "rows": rows}, f, indent=2)
     return 0
 
 
