@@ -38,6 +38,8 @@ BOUNDARY_KINDS = ("new", "return")
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
+REPLAY_MEMORIES = ("episodes", "records")
+
 class TaskAccuracy(Collector):
     """Per-task prequential accuracy over each task's last ``window`` labelled records.
 
@@ -185,8 +187,18 @@ class Metrics:
         self.adaptation_gain = Gauge(
             "adaptation_gain", "Query loss before minus after the inner loop, last meta-update", namespace=NS, registry=r
         )
-        self.replay_records = Gauge("replay_buffer_records", "Episodes held in replay memory", namespace=NS, registry=r)
-        self.replay_bytes = Gauge("replay_buffer_bytes", "Bytes of tensors held in replay memory", namespace=NS, registry=r)
+        # Two memories: past episodes mixed into the meta-batch, and past records joined to
+        # the query set (MER / La-MAML style, --memory-capacity).
+        self.replay_items = Gauge(
+            "replay_buffer_items", "Items held in replay memory: episodes, or records of the record memory",
+            ["memory"], namespace=NS, registry=r,
+        )
+        self.replay_bytes = Gauge(
+            "replay_buffer_bytes", "Bytes of tensors held in replay memory", ["memory"], namespace=NS, registry=r
+        )
+        for memory in REPLAY_MEMORIES:
+            self.replay_items.labels(memory)
+            self.replay_bytes.labels(memory)
 
         # -- latency ----------------------------------------------------------
         self.step_seconds = Histogram(

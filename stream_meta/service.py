@@ -231,6 +231,7 @@ class Service:
             "tasks_seen": self.stats.tasks_seen,
             "meta_updates": self.stats.meta_updates,
             "replay_episodes": len(self.learner.replay),
+            "memory_records": len(getattr(self.learner, "memory", ())),
         }
         self.store.save(state, self.offsets, info)
         if commit and self.source is not None and self.offsets:
@@ -308,8 +309,10 @@ class Service:
             if n:
                 self.metrics.accuracy_by_position.labels(bucket).set(c / n)
         self.metrics.tasks_seen.set(self.stats.tasks_seen)
-        self.metrics.replay_records.set(len(self.learner.replay))
-        self.metrics.replay_bytes.set(self.learner.replay.nbytes())
+        for name, memory in (("episodes", self.learner.replay), ("records", getattr(self.learner, "memory", None))):
+            if memory is not None:
+                self.metrics.replay_items.labels(name).set(len(memory))
+                self.metrics.replay_bytes.labels(name).set(memory.nbytes())
         if getattr(self.learner, "forgetting", None) is not None:
             self.metrics.retained_accuracy.set(self.learner.retained_accuracy)
             self.metrics.forgetting.set(self.learner.forgetting)

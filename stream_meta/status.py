@@ -119,8 +119,8 @@ def summarize(samples: Samples) -> dict:
             "meta_updates": _one(samples, f"{ns}meta_updates_total", 0.0),
             "adaptation_gain": _one(samples, f"{ns}adaptation_gain"),
             "nonfinite_skipped": _one(samples, f"{ns}nonfinite_updates_skipped_total", 0.0),
-            "replay_records": _one(samples, f"{ns}replay_buffer_records"),
-            "replay_bytes": _one(samples, f"{ns}replay_buffer_bytes"),
+            "replay_items": _by(samples, f"{ns}replay_buffer_items", "memory"),
+            "replay_bytes": _by(samples, f"{ns}replay_buffer_bytes", "memory"),
         },
         "latency": {
             "step": _latency(samples, f"{ns}step_seconds"),
@@ -206,7 +206,8 @@ def format_status(s: dict, url: str = "") -> str:
         f"per task     {per_task}",
         f"learning     meta-updates {_n(le['meta_updates'])}  adaptation gain {_num(le['adaptation_gain'], '+.4f')}"
         f"  non-finite skipped {_n(le['nonfinite_skipped'])}"
-        f"  replay {_n(le['replay_records'])} episodes ({_bytes(le['replay_bytes'])})",
+        f"  replay {_n(le['replay_items'].get('episodes'))} episodes ({_bytes(le['replay_bytes'].get('episodes'))}),"
+        f" {_n(le['replay_items'].get('records'))} records ({_bytes(le['replay_bytes'].get('records'))})",
         f"latency      {latency}",
         f"checkpoints  {_n(c['written'])} written, last {_duration(c['age_seconds'])} ago,"
         f" mean {_ms(c['duration']['mean'])}  source errors {_n(s['source_errors'])}",

@@ -131,3 +131,17 @@ def test_a_graceful_stop_that_outlasts_its_timeout_exits_non_zero(tmp_path):
     assert proc.returncode == 3
     assert "did not finish within" in err
     assert list((tmp_path / "ckpt").glob("ckpt-*.json"))  # the last good checkpoint is intact
+
+
+def test_both_replay_memories_show_in_the_gauges(tmp_path):
+    """Episode replay and the record memory (--memory-capacity) each get their series."""
+    src = tmp_path / "in.jsonl"
+    _write(src, 300)
+    registry = CollectorRegistry()
+    build_service(_cfg(tmp_path, src, stop_at_end=True, memory_capacity=40), registry).run()
+
+    def value(name, memory):
+        return registry.get_sample_value(f"stream_meta_replay_buffer_{name}", {"memory": memory})
+
+    assert value("items", "records") == 40 and value("bytes", "records") >= 40 * 64 * 4
+    assert 0 < value("items", "episodes") <= 200 and value("bytes", "episodes") > 0

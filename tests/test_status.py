@@ -38,6 +38,9 @@ def test_a_busy_daemon_summary_has_the_numbers():
         m.observe_prediction(f"task-{i % 3}", i % 4 != 0, new_task=i < 3)
     for v in (0.001, 0.002, 0.004, 0.2):
         m.step_seconds.observe(v)
+    m.replay_items.labels("episodes").set(12)
+    m.replay_items.labels("records").set(200)
+    m.replay_bytes.labels("records").set(2048)
     s = summarize(parse(generate_latest(registry).decode()))
     assert s["records"]["rejected_by_reason"] == {"not_json": 3.0}
     assert s["lag"]["by_partition"] == {"0": 4.0, "1": 0.0}
@@ -45,6 +48,7 @@ def test_a_busy_daemon_summary_has_the_numbers():
     text = format_status(s)
     assert "READY" in text and "consumed 1,200" in text and "rejected 3 (not_json 3)" in text
     assert "87.5%" in text and "(p0 4  p1 0)" in text and "task-2" in text
+    assert "replay 12 episodes" in text and "200 records (2.0 KiB)" in text
 
 
 def test_quantile_matches_histogram_quantile_interpolation():
