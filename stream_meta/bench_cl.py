@@ -90,6 +90,41 @@ def print_table(rows: list[dict]) -> None:
         print(line, flush=True)
 
 
+SUMMARY = ("ra", "ra_adapted", "bti", "forgetting", "learning_accuracy", "records_per_second")
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per method, over the seeds it ran: mean and sample standard deviation (None for
+    one seed) of each metric, and how many seeds ran (rows with an error are left out)."""
+    import statistics
+
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        ok = [r for r in rows if r["method"] == method and r.get("error") is None]
+        s: dict = {"method": method, "family": next(r["family"] for r in rows if r["method"] == method), "seeds": len(ok)}
+        for k in SUMMARY:
+            vals = [r[k] for r in ok if r[k] is not None]
+            s[k] = statistics.fmean(vals) if vals else None
+            s[f"{k}_sd"] = statistics.stdev(vals) if len(vals) > 1 else None
+        out.append(s)
+    return out
+
+
+def print_summary(summary: list[dict]) -> None:
+    def cell(s: dict, k: str, pct: bool = True) -> str:
+        if s[k] is None:
+            return "-"
+        sd = s[f"{k}_sd"]
+        scale = 100 if pct else 1
+        return f"{scale * s[k]:.1f}" + ("" if sd is None else f"±{scale * sd:.1f}")
+
+    print(f"{'method':22s}{'family':12s}{'seeds':>6s}{'RA':>12s}{'RA-ad':>12s}{'BTI':>12s}{'learn':>12s}{'rec/s':>14s}")
+    for s in summary:
+        print(f"{s['method']:22s}{s['family']:12s}{s['seeds']:6d}{cell(s, 'ra'):>12s}{cell(s, 'ra_adapted'):>12s}"
+              f"{cell(s, 'bti'):>12s}{cell(s, 'learning_accuracy'):>12s}{cell(s, 'records_per_second', False):>14s}",
+              flush=True)
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -174,9 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{dataset}: accuracies in %, RA = meta-parameters alone (the published numbers' setting), "
           f"RA-ad = each task's adapted fast weights")
     print_table(rows)
+    summary = summarize(rows)
+    if args.seeds > 1:
+        print(f"mean ± standard deviation over {args.seeds} seeds (seed = task order, rotations/permutations and records)")
+        print_summary(summary)
     if args.json:
         args.json.write_text(json.dumps({"dataset": dataset, "args": {k: str(v) for k, v in vars(args).items()},
-                                         "rows": rows}, indent=1) + "\n")
+                                         "rows": rows, "summary": summary}, indent=1) + "\n")
     if args.plot:
         plot(rows, args.plot, f"{dataset}: accuracy matrices and RA")
         print(f"plot written to {args.plot}")

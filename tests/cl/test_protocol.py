@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from connectors.datasets import make_tasks
@@ -44,3 +45,17 @@ def test_bench_cl_writes_rows_table_and_plot(tmp_path, capsys):
     assert rows[2]["ra"] is None and "higher" in rows[2]["error"]  # reported, with its reason
     assert png.stat().st_size > 1000
     assert "cannot run" in capsys.readouterr().out
+
+
+def test_summary_over_seeds_is_mean_and_sd_without_failed_rows():
+    from stream_meta.bench_cl import summarize
+
+    def row(method, seed, ra, error=None):
+        return {"method": method, "family": "stream-meta", "seed": seed, "ra": ra, "ra_adapted": None, "bti": -0.01 * seed,
+                "forgetting": 0.0, "learning_accuracy": ra, "records_per_second": 100.0 + seed, "error": error}
+
+    rows = [row("a", 0, 0.8), row("a", 1, 0.9), row("a", 2, 0.7), row("b", 0, 0.5), row("b", 1, None, error="boom")]
+    a, b = summarize(rows)
+    assert a["seeds"] == 3 and a["ra"] == pytest.approx(0.8) and a["ra_sd"] == pytest.approx(0.1)
+    assert a["records_per_second"] == pytest.approx(101.0) and a["ra_adapted"] is None
+    assert b["seeds"] == 1 and b["ra"] == 0.5 and b["ra_sd"] is None
