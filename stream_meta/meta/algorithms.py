@@ -74,8 +74,8 @@ class GradientMetaAlgorithm:
             together) to this value; ``None`` disables clipping.
         max_inner_lr: the inner ``lr`` passed to ``adapt``/``meta_gradient`` must lie
             in ``[0, max_inner_lr]`` (``ValueError`` otherwise).
-        backend: ``"auto"`` (fastest that applies), ``"loop"``, ``"vmap"`` or
-            ``"lowrank"``; see :mod:`stream_meta.meta.engines`.
+        backend: ``"auto"`` (fastest that applies), ``"loop"``, ``"vmap"``,
+            ``"lowrank"`` or ``"manual"``; see :mod:`stream_meta.meta.engines`.
     """
 
     name: ClassVar[str] = ""

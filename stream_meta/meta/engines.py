@@ -4,7 +4,10 @@ Three interchangeable engines, checked against each other in the tests:
 
 - ``loop``: one task at a time with ``torch.autograd`` (the reference; any model);
 - ``vmap``: ``torch.func.vmap`` over tasks of ``torch.func.grad`` (any model);
-- ``lowrank``: MLPs only, see :mod:`stream_meta.meta.lowrank` (fastest on CPU).
+- ``lowrank``: MLPs only, see :mod:`stream_meta.meta.lowrank` (fastest on CPU for
+  second order);
+- ``manual``: ReLU MLPs, first order and Reptile, the backward pass written out, see
+  :mod:`stream_meta.meta.manual` (fastest on CPU where it applies).
 
 Every engine gets one *group* of tasks with equal shapes, stacked on a leading task
 dimension (a :class:`TaskBatch`), and returns sums over its tasks; :func:`meta_gradient_mean` groups a list of
@@ -21,10 +24,11 @@ from torch.func import functional_call, grad, vmap
 
 from stream_meta.meta.functional import Episode, GroupResult, InnerLoop, TaskBatch, adapt, loss, task_loss
 from stream_meta.meta.lowrank import lowrank_group, supports_lowrank
+from stream_meta.meta.manual import manual_group, supports_manual
 from stream_meta.model import Params
 
 Engine = Callable[..., GroupResult]
-BACKENDS: tuple[str, ...] = ("auto", "loop", "vmap", "lowrank")
+BACKENDS: tuple[str, ...] = ("auto", "loop", "vmap", "lowrank", "manual")
 VMAP_MIN_TASKS = 4
 
 
@@ -134,7 +138,7 @@ def vmap_group(model: nn.Module, theta: Params, scales: Params | None, spec: Inn
     )
 
 
-ENGINES: dict[str, Engine] = {"loop": loop_group, "vmap": vmap_group, "lowrank": lowrank_group}
+ENGINES: dict[str, Engine] = {"loop": loop_group, "vmap": vmap_group, "lowrank": lowrank_group, "manual": manual_group}
 
 
 def choose_backend(
@@ -142,8 +146,9 @@ def choose_backend(
 ) -> str:
     """The engine ``backend`` resolves to for one group of ``tasks`` equal-shaped tasks.
 
-    ``auto``: ``lowrank`` where it applies (an MLP, one global step size), else ``vmap``
-    for two or more tasks, else ``loop`` (the choice measured fastest on CPU by
+    ``auto``: ``manual`` where it applies (a ReLU MLP, first order or Reptile, one
+    global step size), else ``lowrank`` (an MLP, one global step size), else ``vmap``
+    for four or more tasks, else ``loop`` (the choice measured fastest on CPU by
     ``python -m stream_meta.meta.bench``).
     """
     if backend not in BACKENDS:
@@ -151,8 +156,14 @@ def choose_backend(
     lowrank_ok = flat_inputs and not learned and supports_lowrank(model, spec.adapted)
     if backend == "lowrank" and not lowrank_ok:
         raise ValueError("the lowrank backend needs an nn.Sequential MLP, vector inputs and one global inner step size")
+    manual_ok = flat_inputs and supports_manual(model, spec, learned)
+    if backend == "manual" and not manual_ok:
+        raise ValueError("the manual backend needs a ReLU MLP, vector inputs, first order or Reptile, "
+                         "and one global inner step size")
     if backend != "auto":
         return backend
+    if manual_ok:
+        return "manual"
     if lowrank_ok:
         return "lowrank"
     return "vmap" if tasks >= VMAP_MIN_TASKS else "loop"

@@ -30,7 +30,7 @@ def _relu_only(acts: tuple[nn.Module, ...]) -> bool | None:
 
 
 @lru_cache(maxsize=64)
-def _relu_mlp(model: nn.Module) -> tuple[tuple, tuple[bool, ...]] | None:
+def relu_mlp(model: nn.Module) -> tuple[tuple, tuple[bool, ...]] | None:
     """The model's layers and which of them end in a ReLU, if it is a ReLU MLP."""
     layers = mlp_layers(model)
     if layers is None:
@@ -55,7 +55,7 @@ def mlp_sgd_adapt(
     scales: Params | None,
 ) -> Params | None:
     """``steps`` SGD steps on ``(x, y)`` from ``params``, or None if ``model`` is not a ReLU MLP."""
-    mlp = _relu_mlp(model)
+    mlp = relu_mlp(model)
     if mlp is None or kind not in ("ce", "mse"):
         return None
     layers, relu = mlp
@@ -94,7 +94,7 @@ def mlp_sgd_adapt(
 def mlp_forward(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
     """``functional_call(model, params, (x,))`` without its per-call reparametrisation
     cost, for ReLU MLPs (other models go through ``functional_call``)."""
-    mlp = _relu_mlp(model)
+    mlp = relu_mlp(model)
     if mlp is None:
         return torch.func.functional_call(model, params, (x,))
     layers, relu = mlp

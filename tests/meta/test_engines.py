@@ -12,10 +12,12 @@ from stream_meta.meta.engines import choose_backend
 from stream_meta.meta.functional import InnerLoop
 
 LOWRANK_ALGS = ["maml", "fomaml", "reptile", "anil"]
+MANUAL_ALGS = ["fomaml", "reptile"]  # first order / Reptile on a ReLU MLP
 
 
 def engines_for(name: str) -> list[str]:
-    return ["vmap", "lowrank"] if name in LOWRANK_ALGS else ["vmap"]
+    engines = ["vmap", "lowrank"] if name in LOWRANK_ALGS else ["vmap"]
+    return engines + (["manual"] if name in MANUAL_ALGS else [])
 
 
 def perturbed_extra(alg, theta, seed=3):
@@ -94,9 +96,16 @@ def test_anil_custom_head_and_bias_only_adaptation(relu_mlp):
             assert_same(run("anil", engine, relu_mlp, theta, eps, head=head), ref)
 
 
-def test_auto_backend_choice(relu_mlp):
+def test_auto_backend_choice(relu_mlp, tanh_mlp):
     spec = InnerLoop(1, 0.1, ("0.weight",))
     assert choose_backend("auto", relu_mlp, spec, learned=False, tasks=1) == "lowrank"
+    for order in ("first", "reptile"):
+        first = InnerLoop(1, 0.1, ("0.weight",), order=order)
+        assert choose_backend("auto", relu_mlp, first, learned=False, tasks=1) == "manual"
+        assert choose_backend("auto", tanh_mlp, first, learned=False, tasks=1) == "lowrank"  # ReLU only
+        assert choose_backend("auto", relu_mlp, first, learned=True, tasks=8) == "vmap"
+    with pytest.raises(ValueError, match="manual"):
+        choose_backend("manual", relu_mlp, spec, learned=False, tasks=8)  # second order
     assert choose_backend("auto", relu_mlp, spec, learned=True, tasks=8) == "vmap"
     assert choose_backend("auto", relu_mlp, spec, learned=True, tasks=1) == "loop"
     assert choose_backend("auto", relu_mlp, spec, learned=True, tasks=3) == "loop"
@@ -141,3 +150,21 @@ def test_lowrank_low_rank_and_dense_phases_equal_loop(name, steps):
     got = get_algorithm(name, backend="lowrank", **kw).meta_gradient(model, theta, {}, eps, steps=steps, lr=0.3)
     ref = get_algorithm(name, backend="loop", **kw).meta_gradient(model, theta, {}, eps, steps=steps, lr=0.3)
     assert_same(got, ref)
+
+
+@pytest.mark.parametrize("order", ["first", "reptile"])
+@pytest.mark.parametrize("steps", [0, 1, 3])
+@pytest.mark.parametrize("kind", ["ce", "mse"])
+def test_manual_equals_loop_for_step_counts_losses_and_partial_adaptation(relu_mlp, order, steps, kind):
+    from stream_meta.meta.engines import meta_gradient_mean
+
+    theta = {k: v.requires_grad_() for k, v in float64_params(relu_mlp, seed=4).items()}
+    eps = random_episodes(6, in_dim=5, classes=3, seed=5, regression=kind == "mse")
+    for names in (tuple(theta), ("4.weight", "4.bias"), ("0.bias", "2.weight")):
+        spec = InnerLoop(steps, 0.3, names, order=order, loss=kind)
+        got = meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="manual")
+        ref = meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="loop")
+        for k in theta:
+            torch.testing.assert_close(got.grads[k], ref.grads[k], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got.query_loss, ref.query_loss, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got.query_loss_before, ref.query_loss_before, rtol=1e-10, atol=1e-12)
