@@ -25,7 +25,7 @@ from pathlib import Path
 
 from stream_meta.cl.avalanche_baselines import METHODS as AVALANCHE_METHODS
 from stream_meta.cl.metrics import cl_metrics
-from stream_meta.cl.runner import LEARNERS, save_tasks
+from stream_meta.cl.runner import LEARNERS, plain_sgd_records_per_second, save_tasks
 
 PROTOCOLS = ("rotations", "permutations", "many-permutations", "split")
 COLUMNS = ("ra", "ra_adapted", "bti", "forgetting", "learning_accuracy", "records_per_second", "peak_rss_mb")
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         if m not in AVALANCHE_METHODS:
             p.error(f"unknown baseline {m!r}; choose from {','.join(AVALANCHE_METHODS)}")
     rows: list[dict] = []
+    reference: float | None = None
     with tempfile.TemporaryDirectory(prefix="stream-meta-cl-") as tmp:
         work = Path(tmp)
         for seed in range(args.seeds):
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                                seed=seed, data_dir=args.data_dir)
             data = work / f"tasks-{seed}.npz"
             save_tasks(tasks, str(data))
+            if reference is None:
+                reference = plain_sgd_records_per_second(tasks, args.baseline_minibatch, seed=seed)
             n = sum(len(t.train_y) for t in tasks)
             print(f"{dataset} seed {seed}: {len(tasks)} tasks, {n} records, "
                   f"{len(tasks[0].test_y)} held out per task (built in {time.perf_counter() - t0:.0f} s)", file=sys.stderr)
@@ -209,13 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{dataset}: accuracies in %, RA = meta-parameters alone (the published numbers' setting), "
           f"RA-ad = each task's adapted fast weights")
     print_table(rows)
+    print(f"reference: a bare torch loop (same MLP, one SGD step per {args.baseline_minibatch} records, no predictions, "
+          f"no evaluation) runs {reference:.0f} records/s on this machine")
     summary = summarize(rows)
     if args.seeds > 1:
         print(f"mean ± standard deviation over {args.seeds} seeds (seed = task order, rotations/permutations and records)")
         print_summary(summary)
     if args.json:
         args.json.write_text(json.dumps({"dataset": dataset, "args": {k: str(v) for k, v in vars(args).items()},
-                                         "rows": rows, "summary": summary}, indent=1) + "\n")
+                                         "rows": rows, "summary": summary,
+                                         "plain_sgd_records_per_second": reference}, indent=1) + "\n")
     if args.plot:
         plot(rows, args.plot, f"{dataset}: accuracy matrices and RA")
         print(f"plot written to {args.plot}")

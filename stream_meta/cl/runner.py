@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import resource
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 
@@ -65,6 +66,29 @@ def build(method: str, input_dim: int, num_classes: int, seed: int, overrides: d
         return OnlineSGDLearner(input_dim=input_dim, num_classes=num_classes, lr=0.1, seed=seed)
     kw = {**LEARNERS[method], **(overrides or {})}
     return OnlineMetaLearner(input_dim=input_dim, num_classes=num_classes, seed=seed, **kw)
+
+
+def plain_sgd_records_per_second(tasks: Sequence[Task], minibatch: int, limit: int = 10_000, seed: int = 0) -> float:
+    """Records/s of a bare torch loop over the stream's first ``limit`` records: the
+    same MLP 2x100, one SGD step per ``minibatch`` records, no predictions, no
+    evaluation, no framework. A ceiling on this machine for any learner that takes at
+    least one SGD step per ``minibatch`` records."""
+    import torch.nn.functional as F
+
+    from stream_meta.model import build_mlp
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    x = torch.from_numpy(np.concatenate([t.train_x for t in tasks])[:limit]).float()
+    y = torch.from_numpy(np.concatenate([t.train_y for t in tasks])[:limit]).long()
+    model = build_mlp([x.shape[1], 100, 100, 10])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    t0 = time.perf_counter()
+    for i in range(0, len(y), minibatch):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[i:i + minibatch]), y[i:i + minibatch]).backward()
+        opt.step()
+    return len(y) / (time.perf_counter() - t0)
 
 
 def run(spec: dict) -> dict:
