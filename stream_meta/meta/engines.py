@@ -24,7 +24,7 @@ from torch.func import functional_call, grad, vmap
 
 from stream_meta.meta.functional import Episode, GroupResult, InnerLoop, TaskBatch, adapt, loss, task_loss
 from stream_meta.meta.lowrank import lowrank_group, supports_lowrank
-from stream_meta.meta.manual import manual_group, supports_manual
+from stream_meta.meta.manual import manual_group, manual_ragged, supports_manual
 from stream_meta.model import Params
 
 Engine = Callable[..., GroupResult]
@@ -178,6 +178,21 @@ def group_by_shape(episodes: Sequence[Episode]) -> list[list[Episode]]:
     return list(groups.values())
 
 
+def _one_manual_call(backend: str, model: nn.Module, spec: InnerLoop, scales: Params | None,
+                     episodes: Sequence[Episode]) -> bool:
+    """Whether episodes of several shapes can go to the manual engine in one padded call:
+    it applies, and only the row counts differ."""
+    first = episodes[0]
+    same = all(
+        e.support_x.shape[1:] == first.support_x.shape[1:] == e.query_x.shape[1:] and e.support_x.dim() == 2
+        and e.support_y.shape[1:] == first.support_y.shape[1:] == e.query_y.shape[1:]
+        and len({t.dtype for t in (e.support_x, e.query_x, first.support_x)}) == 1
+        and len({t.device for t in (e.support_x, e.query_x, e.support_y, e.query_y, first.support_x)}) == 1
+        for e in episodes
+    )
+    return same and choose_backend(backend, model, spec, scales is not None, len(episodes)) == "manual"
+
+
 def meta_gradient_mean(
     model: nn.Module,
     theta: Params,
@@ -193,8 +208,11 @@ def meta_gradient_mean(
     """
     if not episodes:
         raise ValueError("a meta-batch needs at least one episode")
+    groups = group_by_shape(episodes)
     total: GroupResult | None = None
-    for group in group_by_shape(episodes):
+    if len(groups) > 1 and _one_manual_call(backend, model, spec, scales, episodes):
+        total, groups = manual_ragged(model, theta, spec, episodes), []
+    for group in groups:
         flat = group[0].support_x.dim() == 2
         engine = ENGINES[choose_backend(backend, model, spec, scales is not None, len(group), flat)]
         res = engine(model, theta, scales, spec, TaskBatch.stack(group, spec.order))

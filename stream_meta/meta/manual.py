@@ -16,11 +16,13 @@ not ReLU MLPs, learned step sizes and second order go to the other engines.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stream_meta.meta.functional import GroupResult, InnerLoop, TaskBatch, batched_task_loss
+from stream_meta.meta.functional import Episode, GroupResult, InnerLoop, TaskBatch, batched_task_loss
 from stream_meta.meta.mlp_sgd import relu_mlp
 from stream_meta.model import Params
 
@@ -45,16 +47,72 @@ def _layer(layer, has_relu: bool, params: Params, h: torch.Tensor) -> torch.Tens
     return h.clamp_min(0) if has_relu else h
 
 
-def _output_grad(kind: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """d(per-task mean loss)/d(outputs), [T, N, C]."""
+def _output_grad(kind: str, out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """d(per-task loss)/d(outputs), [T, N, C]: the mean over rows, or the ``w``-weighted
+    sum ([T, N]; padding rows weigh 0)."""
     n, c = out.shape[1], out.shape[2]
+    scale = 1 / n if w is None else w.unsqueeze(2)
     if kind == "ce":
-        return (torch.softmax(out, dim=2) - F.one_hot(y, c).to(out.dtype)) / n
-    return 2 * (out - y.reshape(out.shape)) / (n * c)
+        return (torch.softmax(out, dim=2) - F.one_hot(y, c).to(out.dtype)) * scale
+    return 2 * (out - y.reshape(out.shape)) * scale / c
+
+
+def _loss_sum(kind: str, out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """Sum over tasks of each task's loss (row mean, or ``w``-weighted row sum)."""
+    if w is None:
+        return batched_task_loss(kind, out, y).sum()
+    t, n = out.shape[0], out.shape[1]
+    if kind == "ce":
+        rows = F.cross_entropy(out.reshape(t * n, -1), y.reshape(t * n), reduction="none").view(t, n)
+    else:
+        rows = (out - y.reshape(out.shape)).pow(2).mean(2)
+    return (rows * w).sum()
+
+
+def _padded(episodes: Sequence[Episode], order: str) -> tuple[TaskBatch, torch.Tensor, torch.Tensor]:
+    """Episodes of different sizes in one batch: support rows padded to the largest
+    support set, then query rows padded to the largest query set, with row weights
+    (1 / the task's own row count, 0 on padding) for the inner set and the query set."""
+    t = len(episodes)
+    s_max = max(e.support_x.shape[0] for e in episodes)
+    q_max = max(e.query_x.shape[0] for e in episodes)
+    first = episodes[0]
+    x = first.support_x.new_zeros((t, s_max + q_max, *first.support_x.shape[1:]))
+    y = first.support_y.new_zeros((t, s_max + q_max, *first.support_y.shape[1:]))
+    inner_w = x.new_zeros((t, s_max + q_max if order == "reptile" else s_max))
+    query_w = x.new_zeros((t, q_max))
+    for i, e in enumerate(episodes):
+        s, q = e.support_x.shape[0], e.query_x.shape[0]
+        x[i, :s], y[i, :s], x[i, s_max:s_max + q], y[i, s_max:s_max + q] = e.support_x, e.support_y, e.query_x, e.query_y
+        inner = s + q if order == "reptile" else s
+        inner_w[i, :s] = 1 / inner
+        if order == "reptile":
+            inner_w[i, s_max:s_max + q] = 1 / inner
+        query_w[i, :q] = 1 / q
+    return TaskBatch(x, y, inner_w.shape[1], s_max), inner_w, query_w
+
+
+def manual_ragged(model: nn.Module, theta: Params, spec: InnerLoop, episodes: Sequence[Episode]) -> GroupResult:
+    """:func:`manual_group` over episodes of different sizes at once (zero-weight padding
+    rows instead of one call per shape: the daemon's new episode carries replayed
+    records in its query set, its replayed companions do not)."""
+    batch, inner_w, query_w = _padded(episodes, spec.order)
+    return _manual(model, theta, spec, batch, inner_w, query_w)
+
+
+def manual_group(model: nn.Module, theta: Params, scales: Params | None, spec: InnerLoop, batch: TaskBatch) -> GroupResult:
+    """Sums over the tasks of meta-gradient and query losses, first order or Reptile
+    (see :func:`_manual`)."""
+    if scales is not None:
+        raise ValueError("the manual engine takes one global step size, not learned ones")
+    return _manual(model, theta, spec, batch, None, None)
 
 
 @torch.no_grad()
-def manual_group(model: nn.Module, theta: Params, scales: Params | None, spec: InnerLoop, batch: TaskBatch) -> GroupResult:
+def _manual(
+    model: nn.Module, theta: Params, spec: InnerLoop, batch: TaskBatch,
+    inner_w: torch.Tensor | None, query_w: torch.Tensor | None,
+) -> GroupResult:
     """Sums over the tasks of meta-gradient and query losses, first order or Reptile.
 
     Layers below the lowest adapted one (``f``) never change, and ``f``'s input ``A``
@@ -64,7 +122,7 @@ def manual_group(model: nn.Module, theta: Params, scales: Params | None, spec: I
     and two small batched products instead of a ``[T, out, in]`` weight per task.
     Layers above ``f`` hold dense per-task fast weights.
     """
-    if scales is not None or not supports_manual(model, spec, False) or batch.x.dim() != 3:
+    if not supports_manual(model, spec, False) or batch.x.dim() != 3:
         raise ValueError("the manual engine needs a ReLU MLP, [T, N, features] inputs, first order or Reptile, "
                          "and one global step size")
     layers, relu = relu_mlp(model)
@@ -120,7 +178,7 @@ def manual_group(model: nn.Module, theta: Params, scales: Params | None, spec: I
 
     for _ in range(spec.steps):
         out, ins = forward(False, fast, True)
-        grads, d = backward(_output_grad(spec.loss, out, iy), ins, summed=False)
+        grads, d = backward(_output_grad(spec.loss, out, iy, inner_w), ins, summed=False)
         for k, g in grads.items():
             if k in adapted:
                 fast[k] = fast[k] - spec.lr * g  # a shared parameter becomes per task
@@ -130,9 +188,9 @@ def manual_group(model: nn.Module, theta: Params, scales: Params | None, spec: I
         if bf is not None and bf in adapted:
             db_f = d.sum(1) if db_f is None else db_f + d.sum(1)
 
-    before = batched_task_loss(spec.loss, forward(True, theta, False)[0], qy).sum()
+    before = _loss_sum(spec.loss, forward(True, theta, False)[0], qy, query_w)
     out, ins = forward(True, fast, True)
-    after = batched_task_loss(spec.loss, out, qy).sum()
+    after = _loss_sum(spec.loss, out, qy, query_w)
     t = batch.tasks
     if spec.order == "reptile":
         diffs = {k: t * v - fast[k].sum(0) if fast[k].dim() > v.dim() else torch.zeros_like(v) for k, v in theta.items()}
@@ -143,7 +201,7 @@ def manual_group(model: nn.Module, theta: Params, scales: Params | None, spec: I
         return GroupResult(diffs, {}, after, before)
 
     # FOMAML: the query loss's gradient at the fast weights, for every parameter.
-    grads, d = backward(_output_grad(spec.loss, out, qy), ins, summed=True)
+    grads, d = backward(_output_grad(spec.loss, out, qy, query_w), ins, summed=True)
     for i in range(f, -1, -1):  # f and the fixed layers below it
         x = prefix[i][:, q0:]
         grads[layers[i].weight] = d.reshape(-1, d.shape[2]).t() @ x.reshape(-1, x.shape[2])

@@ -168,3 +168,25 @@ def test_manual_equals_loop_for_step_counts_losses_and_partial_adaptation(relu_m
             torch.testing.assert_close(got.grads[k], ref.grads[k], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(got.query_loss, ref.query_loss, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(got.query_loss_before, ref.query_loss_before, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", ["first", "reptile"])
+@pytest.mark.parametrize("kind", ["ce", "mse"])
+def test_manual_pads_episodes_of_different_sizes_into_one_call(relu_mlp, order, kind):
+    from stream_meta.meta.engines import _one_manual_call, meta_gradient_mean
+
+    theta = {k: v.requires_grad_() for k, v in float64_params(relu_mlp, seed=6).items()}
+    reg = kind == "mse"
+    eps = random_episodes(3, in_dim=5, classes=3, support=6, query=5, seed=1, regression=reg)
+    eps += random_episodes(2, in_dim=5, classes=3, support=4, query=9, seed=2, regression=reg)
+    eps += random_episodes(1, in_dim=5, classes=3, support=1, query=1, seed=3, regression=reg)
+    for names in (tuple(theta), ("2.weight", "2.bias", "4.weight")):
+        spec = InnerLoop(3, 0.3, names, order=order, loss=kind)
+        assert _one_manual_call("auto", relu_mlp, spec, None, eps)
+        got = meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="auto")
+        ref = meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="loop")
+        for k in theta:
+            torch.testing.assert_close(got.grads[k], ref.grads[k], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got.query_loss, ref.query_loss, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got.query_loss_before, ref.query_loss_before, rtol=1e-10, atol=1e-12)
+    assert not _one_manual_call("auto", relu_mlp, InnerLoop(3, 0.3, tuple(theta), order="second"), None, eps)
