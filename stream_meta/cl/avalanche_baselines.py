@@ -19,13 +19,14 @@ Traps of avalanche-lib 0.6 handled here:
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 import traceback
 import warnings
 
 import torch
+
+from stream_meta.cl.metrics import peak_rss_mb
 
 # method -> (how it is fed: "online" = sub-experiences of 10, "task" = one experience per task)
 METHODS: dict[str, str] = {
@@ -139,7 +140,7 @@ def run(spec: dict) -> dict:
     records = sum(len(t[1]) for t in tasks)
     return {
         "matrix": matrix, "records": records, "learn_seconds": learn_seconds, "setup_seconds": import_seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 

@@ -13,6 +13,8 @@ after the stream finished task ``i`` (fractions in [0, 1]).
 
 from __future__ import annotations
 
+import resource
+
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -41,3 +43,21 @@ def cl_metrics(matrix: Sequence[Sequence[float]]) -> CLMetrics:
     bti = sum(final[j] - matrix[j][j] for j in range(t - 1)) / (t - 1)
     forgetting = sum(max(matrix[i][j] for i in range(j, t - 1)) - final[j] for j in range(t - 1)) / (t - 1)
     return CLMetrics(ra, bti, forgetting, learning)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB.
+
+    Linux keeps ``getrusage``'s ``ru_maxrss`` across ``execve``, so a worker started by
+    a large parent would report the parent's peak. The kernel's ``VmHWM`` belongs to
+    the process's own address space, so it starts afresh at exec. It is used where it
+    exists.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -9,7 +9,6 @@ per method; a worker writes its result JSON to ``spec["out"]`` and progress line
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 import traceback
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from connectors.datasets import Task
+from stream_meta.cl.metrics import peak_rss_mb
 
 # stream-meta learners the bench knows: name -> OnlineMetaLearner arguments ("sgd": the baseline).
 LEARNERS: dict[str, dict] = {
@@ -106,7 +106,7 @@ def run(spec: dict) -> dict:
     return {
         "matrix": r.matrix, "matrix_adapted": r.matrix_adapted, "records": r.records, "learn_seconds": r.learn_seconds,
         "fewshot_curve": r.fewshot_curve, "prequential_accuracy": r.prequential_accuracy,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 

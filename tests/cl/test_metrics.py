@@ -23,3 +23,22 @@ def test_no_forgetting_and_positive_backward_transfer():
 def test_rejects_a_ragged_matrix():
     with pytest.raises(ValueError):
         cl_metrics([[0.1, 0.2]])
+
+
+def test_peak_rss_of_a_worker_is_its_own_not_its_parents():
+    """A child of a large parent reports its own peak; ru_maxrss would report the parent's."""
+    import subprocess
+    import sys
+
+    from stream_meta.cl.metrics import peak_rss_mb
+
+    ballast = bytearray(1200 * 1024 * 1024)  # the parent holds 1.2 GiB, touched
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    code = ("import resource; from stream_meta.cl.metrics import peak_rss_mb; "
+            "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    own, inherited = map(float, child.stdout.split())
+    assert peak_rss_mb() > 1200
+    assert inherited > 1200  # the trap: Linux keeps ru_maxrss across exec
+    assert 0 < own < 1000  # the child's own peak (imports included)
+    del ballast
