@@ -152,6 +152,14 @@ def test_lowrank_low_rank_and_dense_phases_equal_loop(name, steps):
     assert_same(got, ref)
 
 
+def assert_same_group(got, ref):
+    """Two GroupResults (meta-gradients and query losses) equal to float64 precision."""
+    for k in ref.grads:
+        torch.testing.assert_close(got.grads[k], ref.grads[k], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got.query_loss, ref.query_loss, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got.query_loss_before, ref.query_loss_before, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("order", ["first", "reptile"])
 @pytest.mark.parametrize("steps", [0, 1, 3])
 @pytest.mark.parametrize("kind", ["ce", "mse"])
@@ -162,12 +170,8 @@ def test_manual_equals_loop_for_step_counts_losses_and_partial_adaptation(relu_m
     eps = random_episodes(6, in_dim=5, classes=3, seed=5, regression=kind == "mse")
     for names in (tuple(theta), ("4.weight", "4.bias"), ("0.bias", "2.weight")):
         spec = InnerLoop(steps, 0.3, names, order=order, loss=kind)
-        got = meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="manual")
-        ref = meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="loop")
-        for k in theta:
-            torch.testing.assert_close(got.grads[k], ref.grads[k], rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(got.query_loss, ref.query_loss, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(got.query_loss_before, ref.query_loss_before, rtol=1e-10, atol=1e-12)
+        assert_same_group(meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="manual"),
+                          meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="loop"))
 
 
 @pytest.mark.parametrize("order", ["first", "reptile"])
@@ -183,10 +187,6 @@ def test_manual_pads_episodes_of_different_sizes_into_one_call(relu_mlp, order, 
     for names in (tuple(theta), ("2.weight", "2.bias", "4.weight")):
         spec = InnerLoop(3, 0.3, names, order=order, loss=kind)
         assert _one_manual_call("auto", relu_mlp, spec, None, eps)
-        got = meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="auto")
-        ref = meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="loop")
-        for k in theta:
-            torch.testing.assert_close(got.grads[k], ref.grads[k], rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(got.query_loss, ref.query_loss, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(got.query_loss_before, ref.query_loss_before, rtol=1e-10, atol=1e-12)
+        assert_same_group(meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="auto"),
+                          meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="loop"))
     assert not _one_manual_call("auto", relu_mlp, InnerLoop(3, 0.3, tuple(theta), order="second"), None, eps)
