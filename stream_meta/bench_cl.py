@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,8 +97,6 @@ SUMMARY = ("ra", "ra_adapted", "bti", "forgetting", "learning_accuracy", "record
 def summarize(rows: list[dict]) -> list[dict]:
     """Per method, over the seeds it ran: mean and sample standard deviation (None for
     one seed) of each metric, and how many seeds ran (rows with an error are left out)."""
-    import statistics
-
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         ok = [r for r in rows if r["method"] == method and r.get("error") is None]

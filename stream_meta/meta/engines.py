@@ -182,14 +182,15 @@ def _one_manual_call(backend: str, model: nn.Module, spec: InnerLoop, scales: Pa
                      episodes: Sequence[Episode]) -> bool:
     """Whether episodes of several shapes can go to the manual engine in one padded call:
     it applies, and only the row counts differ."""
-    first = episodes[0]
-    same = all(
-        e.support_x.shape[1:] == first.support_x.shape[1:] == e.query_x.shape[1:] and e.support_x.dim() == 2
-        and e.support_y.shape[1:] == first.support_y.shape[1:] == e.query_y.shape[1:]
-        and len({t.dtype for t in (e.support_x, e.query_x, first.support_x)}) == 1
-        and len({t.device for t in (e.support_x, e.query_x, e.support_y, e.query_y, first.support_x)}) == 1
+    kinds = {
+        (e.support_x.shape[1:], e.query_x.shape[1:], e.support_y.shape[1:], e.query_y.shape[1:],
+         e.support_x.dtype, e.query_x.dtype, *(t.device for t in (e.support_x, e.query_x, e.support_y, e.query_y)))
         for e in episodes
-    )
+    }
+    if len(kinds) != 1:
+        return False
+    sx, qx, sy, qy, dsx, dqx, *devices = kinds.pop()
+    same = len(sx) == 1 and sx == qx and sy == qy and dsx == dqx and len(set(devices)) == 1
     return same and choose_backend(backend, model, spec, scales is not None, len(episodes)) == "manual"
 
 

@@ -53,15 +53,22 @@ def task_loss(kind: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown loss {kind!r}; choose one of {LOSSES}")
 
 
-def batched_task_loss(kind: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-task mean losses [T] of stacked outputs ``out`` ([T, N, C])."""
+def batched_task_loss(
+    kind: str, out: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-task losses [T] of stacked outputs ``out`` ([T, N, C]): the mean over rows, or
+    with ``weights`` ([T, N], e.g. 0 on padding rows) the weighted sum of row losses."""
     t, n = out.shape[0], out.shape[1]
     if kind == "ce":
-        flat = F.cross_entropy(out.reshape(t * n, -1), y.reshape(t * n), reduction="none")
-        return flat.view(t, n).mean(1)
-    if kind == "mse":
-        return (out - y.reshape(out.shape)).pow(2).reshape(t, -1).mean(1)
-    raise ValueError(f"unknown loss {kind!r}; choose one of {LOSSES}")
+        rows = F.cross_entropy(out.reshape(t * n, -1), y.reshape(t * n), reduction="none").view(t, n)
+    elif kind == "mse":
+        sq = (out - y.reshape(out.shape)).pow(2)
+        if weights is None:
+            return sq.reshape(t, -1).mean(1)
+        rows = sq.reshape(t, n, -1).mean(2)
+    else:
+        raise ValueError(f"unknown loss {kind!r}; choose one of {LOSSES}")
+    return rows.mean(1) if weights is None else (rows * weights).sum(1)
 
 
 def loss(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, kind: str = "ce") -> torch.Tensor:

@@ -57,18 +57,6 @@ def _output_grad(kind: str, out: torch.Tensor, y: torch.Tensor, w: torch.Tensor 
     return 2 * (out - y.reshape(out.shape)) * scale / c
 
 
-def _loss_sum(kind: str, out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-    """Sum over tasks of each task's loss (row mean, or ``w``-weighted row sum)."""
-    if w is None:
-        return batched_task_loss(kind, out, y).sum()
-    t, n = out.shape[0], out.shape[1]
-    if kind == "ce":
-        rows = F.cross_entropy(out.reshape(t * n, -1), y.reshape(t * n), reduction="none").view(t, n)
-    else:
-        rows = (out - y.reshape(out.shape)).pow(2).mean(2)
-    return (rows * w).sum()
-
-
 def _padded(episodes: Sequence[Episode], order: str) -> tuple[TaskBatch, torch.Tensor, torch.Tensor]:
     """Episodes of different sizes in one batch: support rows padded to the largest
     support set, then query rows padded to the largest query set, with row weights
@@ -188,9 +176,9 @@ def _manual(
         if bf is not None and bf in adapted:
             db_f = d.sum(1) if db_f is None else db_f + d.sum(1)
 
-    before = _loss_sum(spec.loss, forward(True, theta, False)[0], qy, query_w)
+    before = batched_task_loss(spec.loss, forward(True, theta, False)[0], qy, query_w).sum()
     out, ins = forward(True, fast, True)
-    after = _loss_sum(spec.loss, out, qy, query_w)
+    after = batched_task_loss(spec.loss, out, qy, query_w).sum()
     t = batch.tasks
     if spec.order == "reptile":
         diffs = {k: t * v - fast[k].sum(0) if fast[k].dim() > v.dim() else torch.zeros_like(v) for k, v in theta.items()}
