@@ -149,7 +149,7 @@ def choose_backend(
     ``auto``: ``manual`` where it applies (a ReLU MLP, first order or Reptile, one
     global step size), else ``lowrank`` (an MLP, one global step size), else ``vmap``
     for four or more tasks, else ``loop`` (the choice measured fastest on CPU by
-    ``python -m stream_meta.meta.bench``).
+    ``python -m stream_meta.bench.meta_step``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")

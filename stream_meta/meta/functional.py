@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from stream_meta.meta.mlp_sgd import mlp_sgd_adapt
 from stream_meta.model import Params
 
 LossKind = Literal["ce", "mse"]
@@ -97,8 +98,6 @@ def adapt(
     """
     names = tuple(params) if names is None else names
     if not create_graph:
-        from stream_meta.meta.mlp_sgd import mlp_sgd_adapt  # imports lowrank, which imports this module
-
         detached = None if scales is None else {k: v.detach() for k, v in scales.items()}
         fast = mlp_sgd_adapt(model, params, x, y, steps=steps, lr=lr, kind=kind, names=names, scales=detached)
         if fast is not None:

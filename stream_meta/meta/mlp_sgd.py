@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stream_meta.meta.lowrank import mlp_layers
+from stream_meta.meta.mlp import mlp_layers
 from stream_meta.model import Params
 
 

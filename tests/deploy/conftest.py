@@ -23,9 +23,9 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
-from connectors.datasets import stream
-from connectors.local_broker import create_topics, free_port
-from stream_meta.records import encode
+from stream_meta.data.datasets import stream
+from stream_meta.data.local_broker import create_topics, free_port
+from stream_meta.daemon.records import encode
 from tests.integration.conftest import broker  # noqa: F401  (the real-broker fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,7 +157,7 @@ def live_stack(broker, tmp_path_factory):  # noqa: F811
     )
     daemon_log = tmp / "daemon.log"
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "stream_meta.cli", "run", "--bootstrap", broker.bootstrap, "--topic", topic,
+        [sys.executable, "-m", "stream_meta.cli.main", "run", "--bootstrap", broker.bootstrap, "--topic", topic,
          "--group", "deploy-group", "--input-dim", "64", "--num-classes", "10", "--metrics-port", str(daemon_port),
          "--checkpoint-dir", str(tmp / "ckpt"), "--checkpoint-every-s", "2", "--session-timeout-ms", "6000"],
         stdout=open(daemon_log, "wb"), stderr=subprocess.STDOUT,

@@ -10,8 +10,8 @@ import subprocess
 import pytest
 import yaml
 
-from stream_meta.cli import _parser
-from stream_meta.config import RunConfig, load_config
+from stream_meta.cli.main import _parser
+from stream_meta.daemon.config import RunConfig, load_config
 from tests.deploy.conftest import DEPLOY, ROOT, tool
 from tests.deploy.promql import SYNTHETIC, alert_exprs, dashboard_exprs, exported, metric_names
 

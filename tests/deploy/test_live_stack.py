@@ -92,7 +92,7 @@ def test_probe_paths_and_the_image_healthcheck_work_against_the_daemon(live_stac
 
 def test_status_command_summarises_the_live_daemon(live_stack):
     url = f"127.0.0.1:{live_stack.daemon_port}"
-    out = subprocess.run([sys.executable, "-m", "stream_meta.cli", "status", "--metrics-url", url],
+    out = subprocess.run([sys.executable, "-m", "stream_meta.cli.main", "status", "--metrics-url", url],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     text = out.stdout
@@ -101,7 +101,7 @@ def test_status_command_summarises_the_live_daemon(live_stack):
     assert f"consumed {live_stack.consumed:,}" in text and f"learned {live_stack.learned:,}" in text
     assert "rot-054" in text and "p0 0" in text
 
-    out = subprocess.run([sys.executable, "-m", "stream_meta.cli", "status", "--metrics-url", url, "--json"],
+    out = subprocess.run([sys.executable, "-m", "stream_meta.cli.main", "status", "--metrics-url", url, "--json"],
                          capture_output=True, text=True, timeout=60)
     summary = json.loads(out.stdout)
     assert summary["records"]["consumed"] == live_stack.consumed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.local_broker import LocalBroker
+from stream_meta.data.local_broker import LocalBroker
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ import urllib.request
 import pytest
 from kafka import KafkaProducer
 
-from connectors.datasets import stream
-from connectors.local_broker import create_topics, free_port
-from stream_meta.records import encode
+from stream_meta.data.datasets import stream
+from stream_meta.data.local_broker import create_topics, free_port
+from stream_meta.daemon.records import encode
 from tests.integration.conftest import consume_all
 
 pytestmark = pytest.mark.integration
@@ -68,7 +68,7 @@ def test_run_learns_every_good_record_and_dead_letters_every_bad_one(broker, tmp
     port = free_port()
     summary_path = tmp_path / "summary.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream_meta.cli", "run", "--bootstrap", broker.bootstrap, "--topic", topic,
+        [sys.executable, "-m", "stream_meta.cli.main", "run", "--bootstrap", broker.bootstrap, "--topic", topic,
          "--group", "it-group", "--input-dim", "64", "--num-classes", "10", "--dlq-topic", dlq,
          "--predictions-topic", preds, "--metrics-port", str(port), "--checkpoint-dir", str(tmp_path / "ckpt"),
          "--summary-json", str(summary_path), "--idle-timeout-s", "6", "--max-message-bytes", "4096",
@@ -134,7 +134,7 @@ def test_run_learns_every_good_record_and_dead_letters_every_bad_one(broker, tmp
 
     # offsets were committed only with a checkpoint: a second run has nothing left to learn
     again = subprocess.run(
-        [sys.executable, "-m", "stream_meta.cli", "run", "--bootstrap", broker.bootstrap, "--topic", topic,
+        [sys.executable, "-m", "stream_meta.cli.main", "run", "--bootstrap", broker.bootstrap, "--topic", topic,
          "--group", "it-group", "--input-dim", "64", "--num-classes", "10", "--dlq-topic", dlq,
          "--metrics-port", "0", "--checkpoint-dir", str(tmp_path / "ckpt"), "--summary-json", str(summary_path),
          "--idle-timeout-s", "4", "--session-timeout-ms", "6000"],

@@ -14,9 +14,9 @@ import urllib.request
 import pytest
 from kafka import KafkaProducer
 
-from connectors.datasets import stream
-from connectors.local_broker import LocalBroker, create_topics, free_port
-from stream_meta.records import encode
+from stream_meta.data.datasets import stream
+from stream_meta.data.local_broker import LocalBroker, create_topics, free_port
+from stream_meta.daemon.records import encode
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def _produce(bootstrap: str, topic: str, records: list[dict], partitions: int = 
 
 def _daemon(bootstrap, topic, group, ckpt, summary, port=0, *extra) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "stream_meta.cli", "run", "--bootstrap", bootstrap, "--topic", topic,
+        [sys.executable, "-m", "stream_meta.cli.main", "run", "--bootstrap", bootstrap, "--topic", topic,
          "--group", group, "--input-dim", "64", "--num-classes", "10", "--checkpoint-dir", str(ckpt),
          "--summary-json", str(summary), "--metrics-port", str(port), "--session-timeout-ms", "6000",
          "--deterministic", "--checkpoint-every-records", "40", *extra],
@@ -52,7 +52,7 @@ def _status(port: int, path: str) -> int:
 
 
 def _digest(ckpt) -> str:
-    out = subprocess.run([sys.executable, "-m", "stream_meta.cli", "checkpoint", "inspect", str(ckpt), "--json"],
+    out = subprocess.run([sys.executable, "-m", "stream_meta.cli.main", "checkpoint", "inspect", str(ckpt), "--json"],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout)["meta_parameters_sha256"]
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from connectors.datasets import stream
-from connectors.local_broker import create_topics, free_port
+from stream_meta.data.datasets import stream
+from stream_meta.data.local_broker import create_topics, free_port
 from tests.integration.test_faults import _daemon, _produce, _scrape, _status
 
 pytestmark = pytest.mark.integration

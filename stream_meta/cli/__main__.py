@@ -1,0 +1,5 @@
+import sys
+
+from stream_meta.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,88 @@
+"""The one place that wires a :class:`RunConfig` to objects."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from connectors.base import Offsets, Source
+from stream_meta.daemon.checkpoint import CheckpointStore
+from stream_meta.daemon.config import RunConfig
+from stream_meta.learn.learner import Learner, OnlineMetaLearner, OnlineSGDLearner
+from stream_meta.daemon.metrics import Metrics
+from stream_meta.model import num_parameters
+from stream_meta.daemon.service import Service, Sinks
+
+
+def build_learner(cfg: RunConfig) -> Learner:
+    if cfg.algorithm == "sgd":
+        return OnlineSGDLearner(
+            input_dim=cfg.input_dim, num_classes=cfg.num_classes, hidden=cfg.hidden, lr=cfg.inner_lr, seed=cfg.seed
+        )
+    return OnlineMetaLearner(
+        input_dim=cfg.input_dim,
+        num_classes=cfg.num_classes,
+        hidden=cfg.hidden,
+        algorithm=cfg.algorithm,
+        inner_steps=cfg.inner_steps,
+        inner_lr=cfg.inner_lr,
+        meta_lr=cfg.meta_lr,
+        support_size=cfg.support_size,
+        query_size=cfg.query_size,
+        episode_stride=cfg.episode_stride,
+        replay_capacity=cfg.replay_capacity,
+        replay_per_update=cfg.replay_per_update,
+        max_tasks=cfg.max_tasks,
+        fast_weight_cache=cfg.fast_weight_cache,
+        seed=cfg.seed,
+        memory_capacity=cfg.memory_capacity,
+        memory_policy=cfg.memory_policy,
+        memory_query=cfg.memory_query,
+        regularizer=cfg.regularizer,
+        reg_strength=cfg.reg_strength,
+        reg_decay=cfg.reg_decay,
+        probe_per_task=cfg.probe_per_task,
+        probe_every=cfg.probe_every,
+    )
+
+
+def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:
+    """A ready-to-run service: Kafka in and out, or JSON-lines files with ``input_file``."""
+    learner = build_learner(cfg)
+    metrics = Metrics(registry)
+    metrics.set_build(cfg.algorithm, num_parameters(learner.params))
+    if cfg.input_file is not None:
+        from connectors.jsonl import JsonlSink, JsonlSource
+
+        def open_source(offsets: Offsets, on_revoke) -> Source:
+            return JsonlSource(cfg.input_file, offsets, cfg.max_poll_records)
+
+        out_dir = cfg.checkpoint_dir
+        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        dlq = JsonlSink(out_dir / "dead-letters.jsonl")
+        predictions = JsonlSink(out_dir / "predictions.jsonl") if cfg.predictions_topic else None
+    else:
+        from connectors.kafka import KafkaSink, KafkaSource, client_options
+
+        options = client_options(cfg)
+
+        def open_source(offsets: Offsets, on_revoke) -> Source:
+            return KafkaSource(
+                bootstrap=cfg.bootstrap, topic=cfg.topic, group=cfg.group, start_offsets=offsets,
+                on_revoke=on_revoke, max_poll_records=cfg.max_poll_records,
+                client_options={
+                    **options,
+                    "session_timeout_ms": cfg.session_timeout_ms,
+                    "heartbeat_interval_ms": max(100, cfg.session_timeout_ms // 3),
+                },
+            )
+
+        dlq = KafkaSink(bootstrap=cfg.bootstrap, client_options=options)
+        predictions = dlq if cfg.predictions_topic else None
+    return Service(
+        cfg=cfg,
+        learner=learner,
+        open_source=open_source,
+        sinks=Sinks(dlq, predictions),
+        metrics=metrics,
+        store=CheckpointStore(cfg.checkpoint_dir, cfg.checkpoint_keep),
+    )

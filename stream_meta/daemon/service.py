@@ -1,0 +1,323 @@
+"""The daemon's one path for a record, top to bottom in :meth:`Service.run`:
+
+poll -> decode/validate -> route to task -> predict (test-then-train) -> learn
+-> metrics -> checkpoint (state + offsets together) -> commit offsets.
+
+The service does no math (the learner does) and the learner does no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from connectors.base import Offsets, RawRecord, Sink, Source
+from stream_meta.daemon.checkpoint import CheckpointStore
+from stream_meta.daemon.config import RunConfig
+from stream_meta.errors import RecordError, StreamMetaError
+
+
+class OffsetRewindError(StreamMetaError):
+    """A partition's offsets went backwards under ``offset_reset_policy=fail``."""
+from stream_meta.learn.learner import Learner, LearnReport
+from stream_meta.daemon.metrics import Metrics
+from stream_meta.daemon.records import Decoder, Record
+from stream_meta.daemon.stats import RunStats
+
+log = logging.getLogger(__name__)
+
+SourceFactory = Callable[[Offsets, Callable[[], Offsets]], Source]
+
+
+@dataclass
+class Sinks:
+    """Where dead letters and (optionally) predictions go."""
+
+    dlq: Sink
+    predictions: Sink | None = None
+
+    def flush(self) -> None:
+        self.dlq.flush()
+        if self.predictions is not None and self.predictions is not self.dlq:
+            self.predictions.flush()
+
+    def close(self) -> None:
+        for sink in {id(s): s for s in (self.dlq, self.predictions) if s is not None}.values():
+            sink.close()
+
+
+@dataclass
+class Service:
+    """Runs one learner over one source until stopped; see the module docstring."""
+
+    cfg: RunConfig
+    learner: Learner
+    open_source: SourceFactory
+    sinks: Sinks
+    metrics: Metrics
+    store: CheckpointStore
+    stats: RunStats = field(init=False)
+    offsets: Offsets = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stats = RunStats(self.cfg.accuracy_window, self.cfg.max_tasks)
+        self.decoder = Decoder(self.cfg.input_dim, self.cfg.num_classes, self.cfg.max_message_bytes)
+        self._stop = threading.Event()
+        self._heartbeat = time.monotonic()
+        self._ready = False
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._mark = time.monotonic()
+        self._last_record = time.monotonic()
+        self._last_progress = 0.0
+        self.source: Source | None = None
+
+    # -- control ---------------------------------------------------------------
+    def request_stop(self, reason: str = "") -> None:
+        if not self._stop.is_set():
+            log.info("stopping%s", f" ({reason})" if reason else "")
+        self._stop.set()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self._heartbeat < 120
+
+    def ready(self) -> bool:
+        return self._ready and not self._stop.is_set()
+
+    # -- the loop --------------------------------------------------------------
+    def run(self) -> dict:
+        self._restore()
+        self.source = self.open_source(dict(self.offsets), self._on_revoke)
+        self._mark = time.monotonic()
+        backoff = 0.5
+        try:
+            while not self._stop.is_set():
+                self._heartbeat = time.monotonic()
+                try:
+                    batch = self.source.poll(self.cfg.poll_timeout_ms / 1000)
+                except StreamMetaError as exc:
+                    self._set_ready(False)
+                    self.metrics.source_errors.inc()
+                    log.warning("source unavailable, retrying in %.1fs: %s", backoff, exc)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                backoff = 0.5
+                self._set_ready(self.source.connected())
+                for raw in batch:
+                    if self._stop.is_set() or self._limit_reached():
+                        break
+                    self.process(raw)
+                self._update_gauges()
+                if self.cfg.progress:
+                    self._show_progress()
+                if self._checkpoint_due():
+                    self.checkpoint()
+                if self._limit_reached():
+                    self.request_stop(f"max_records={self.cfg.max_records} reached")
+                elif self.cfg.stop_at_end and self.source.backlog_done():
+                    self.request_stop("backlog consumed (--stop-at-end)")
+                elif self._idle_too_long(batch):
+                    self.request_stop(f"no records for {self.cfg.idle_timeout_s}s")
+            self.checkpoint()
+            if self.cfg.progress:
+                sys.stderr.write("\n")
+        finally:
+            self._set_ready(False)
+            self.source.close()
+            self.sinks.close()
+        return self.stats.summary()
+
+    def process(self, raw: RawRecord) -> None:
+        """One record: decode, predict, learn, count. Bad input never escapes."""
+        started = time.perf_counter()
+        expected = self.offsets.get((raw.topic, raw.partition))
+        if expected is not None and raw.offset < expected:
+            self._rewound(raw, expected)
+        self.stats.records_consumed += 1
+        self.metrics.records_consumed.inc()
+        self.offsets[(raw.topic, raw.partition)] = raw.offset + 1
+        self._since_checkpoint += 1
+        try:
+            record = self.decoder.decode(raw.value)
+        except RecordError as exc:
+            self._reject(raw, exc)
+            return
+        x = torch.tensor(record.x, dtype=torch.float32)
+        predict_started = time.perf_counter()
+        prediction = self.learner.predict(record.task, x)
+        self.metrics.inner_loop_seconds.observe(time.perf_counter() - predict_started)
+        self.stats.predictions_emitted += 1
+        self.metrics.predictions.inc()
+        if self.sinks.predictions is not None:
+            self._emit_prediction(raw, record, prediction)
+        if record.labelled:
+            tasks_before = self.stats.tasks_seen
+            self.stats.observe_prediction(record.task, prediction == record.y)
+            self.metrics.observe_prediction(record.task, prediction == record.y, self.stats.tasks_seen > tasks_before)
+            learn_started = time.perf_counter()
+            report = self.learner.learn(record.task, x, record.y)
+            self.metrics.observe_meta_updates(time.perf_counter() - learn_started, report.meta_updates)
+            self._count_learning(raw, report)
+        self.metrics.step_seconds.observe(time.perf_counter() - started)
+
+    def _rewound(self, raw: RawRecord, expected: int) -> None:
+        """The partition restarted below the checkpointed offset (e.g. the topic was
+        recreated or the broker lost its log). Policy ``offset_reset_policy``:
+        ``earliest`` treats what the broker now holds as new records, loudly;
+        ``fail`` stops the daemon with an error so an operator decides."""
+        self.metrics.offset_rewinds.inc()
+        message = (
+            f"{raw.where}: offset below the checkpointed next offset {expected}; "
+            "the partition's log was truncated or recreated since the checkpoint"
+        )
+        if self.cfg.offset_reset_policy == "fail":
+            raise OffsetRewindError(message + " (offset_reset_policy=fail)")
+        log.error("%s; learning from the broker's records as new ones (offset_reset_policy=earliest)", message)
+
+    def _reject(self, raw: RawRecord, exc: RecordError) -> None:
+        self.stats.rejected_by_reason[exc.reason] += 1
+        self.metrics.records_rejected.labels(exc.reason).inc()
+        log.warning("rejected %s: %s", raw.where, exc)
+        headers = [
+            ("stream_meta.reason", exc.reason.encode()),
+            ("stream_meta.detail", exc.detail.encode("utf-8", errors="replace")[:1024]),
+            ("source.topic", raw.topic.encode()),
+            ("source.partition", str(raw.partition).encode()),
+            ("source.offset", str(raw.offset).encode()),
+        ]
+        self.sinks.dlq.send(self.cfg.dlq_topic, raw.value if raw.value is not None else b"", raw.key, headers)
+
+    def _emit_prediction(self, raw: RawRecord, record: Record, prediction: int) -> None:
+        body = {"id": record.id, "task": record.task, "prediction": prediction, "source": raw.where}
+        self.sinks.predictions.send(self.cfg.predictions_topic, json.dumps(body).encode(), raw.key)
+
+    def _count_learning(self, raw: RawRecord, report: LearnReport) -> None:
+        self.stats.records_learned += 1
+        self.metrics.records_learned.inc()
+        if report.meta_updates:
+            self.stats.meta_updates += report.meta_updates
+            self.metrics.meta_updates.inc(report.meta_updates)
+            if report.query_loss_before is not None:
+                self.metrics.adaptation_gain.set(report.query_loss_before - report.query_loss_after)
+        if report.nonfinite_skips:
+            self.metrics.nonfinite_skips.inc(report.nonfinite_skips)
+            log.error("non-finite meta-update skipped at %s; meta-parameters kept", raw.where)
+
+    # -- checkpoints -----------------------------------------------------------
+    def _checkpoint_due(self) -> bool:
+        return self._since_checkpoint >= self.cfg.checkpoint_every_records or (
+            self._since_checkpoint > 0 and time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint_every_s
+        )
+
+    def checkpoint(self, commit: bool = True) -> None:
+        """Flush sinks, save state + offsets atomically, then commit the offsets."""
+        started = time.perf_counter()
+        now = time.monotonic()
+        self.stats.elapsed_seconds += now - self._mark
+        self._mark = now
+        self.sinks.flush()  # dead letters and predictions are out before offsets move past them
+        state = {"learner": self.learner.state_dict(), "stats": self.stats.state_dict()}
+        info = {
+            "records_consumed": self.stats.records_consumed,
+            "records_learned": self.stats.records_learned,
+            "tasks_seen": self.stats.tasks_seen,
+            "meta_updates": self.stats.meta_updates,
+            "replay_episodes": len(self.learner.replay),
+            "memory_records": len(getattr(self.learner, "memory", ())),
+        }
+        self.store.save(state, self.offsets, info)
+        if commit and self.source is not None and self.offsets:
+            try:
+                self.source.commit(self.offsets)
+            except StreamMetaError as exc:
+                self.metrics.source_errors.inc()
+                log.warning("offset commit failed (the checkpoint holds the offsets): %s", exc)
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self.metrics.observe_checkpoint(time.perf_counter() - started)
+
+    def _on_revoke(self) -> Offsets:
+        log.info("partitions revoked: checkpointing before hand-over")
+        self.checkpoint(commit=False)  # the source commits these offsets itself, asynchronously
+        return dict(self.offsets)
+
+    def _restore(self) -> None:
+        ckpt = self.store.load_latest()
+        if ckpt is None:
+            log.info("no checkpoint in %s: starting fresh", self.cfg.checkpoint_dir)
+            return
+        self.learner.load_state_dict(ckpt.state["learner"])
+        self.stats.load_state_dict(ckpt.state["stats"])
+        self.offsets = dict(ckpt.offsets)
+        if "created" in ckpt.manifest:
+            self.metrics.mark_checkpoint(float(ckpt.manifest["created"]))
+        log.info(
+            "restored checkpoint %d: %d records learned, offsets %s",
+            ckpt.seq, self.stats.records_learned,
+            {f"{t}[{p}]": o for (t, p), o in sorted(self.offsets.items())},
+        )
+        # Counters continue across restarts, like the summary.
+        self.metrics.records_consumed.inc(self.stats.records_consumed)
+        self.metrics.records_learned.inc(self.stats.records_learned)
+        self.metrics.predictions.inc(self.stats.predictions_emitted)
+        self.metrics.meta_updates.inc(self.stats.meta_updates)
+        for reason, n in self.stats.rejected_by_reason.items():
+            self.metrics.records_rejected.labels(reason).inc(n)
+
+    # -- helpers ---------------------------------------------------------------
+    def _limit_reached(self) -> bool:
+        return self.cfg.max_records is not None and self.stats.records_consumed >= self.cfg.max_records
+
+    def _idle_too_long(self, batch: list) -> bool:
+        if batch or self.cfg.idle_timeout_s is None:
+            self._last_record = time.monotonic()
+            return False
+        return time.monotonic() - self._last_record > self.cfg.idle_timeout_s
+
+    def _show_progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < 0.5:
+            return
+        self._last_progress = now
+        s = self.stats
+        acc = s.window_accuracy
+        elapsed = s.elapsed_seconds + now - self._mark
+        sys.stderr.write(
+            f"\r  consumed {s.records_consumed:>7}  learned {s.records_learned:>7}  rejected {s.records_rejected:>4}"
+            f"  tasks {s.tasks_seen:>4}  accuracy(last {self.cfg.accuracy_window}) "
+            f"{'-' if acc is None else f'{100 * acc:5.1f}%'}  {s.records_consumed / max(elapsed, 1e-9):7.0f} rec/s "
+        )
+        sys.stderr.flush()
+
+    def _set_ready(self, ready: bool) -> None:
+        self._ready = ready
+        self.metrics.ready.set(1 if ready else 0)
+
+    def _update_gauges(self) -> None:
+        acc = self.stats.window_accuracy
+        if acc is not None:
+            self.metrics.prequential_accuracy.set(acc)
+        for bucket, (c, n) in self.stats.by_bucket.items():
+            if n:
+                self.metrics.accuracy_by_position.labels(bucket).set(c / n)
+        self.metrics.tasks_seen.set(self.stats.tasks_seen)
+        for name, memory in (("episodes", self.learner.replay), ("records", getattr(self.learner, "memory", None))):
+            if memory is not None:
+                self.metrics.replay_items.labels(name).set(len(memory))
+                self.metrics.replay_bytes.labels(name).set(memory.nbytes())
+        if getattr(self.learner, "forgetting", None) is not None:
+            self.metrics.retained_accuracy.set(self.learner.retained_accuracy)
+            self.metrics.forgetting.set(self.learner.forgetting)
+        lag = self.source.lag() if self.source is not None else None
+        if lag is not None:
+            self.metrics.consumer_lag.set(lag)
+        self.metrics.set_partition_lag(self.source.lag_by_partition() if self.source is not None else {})
+        self.metrics.update_throughput(self.stats.records_consumed)
