@@ -43,7 +43,9 @@ VOLUME ["/var/lib/stream-meta"]
 USER ${UID}:${UID}
 WORKDIR /tmp
 EXPOSE 9108
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+# start-period: importing torch, restoring a checkpoint and up to --connect-timeout-s (60 s by
+# default) of waiting for the broker.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('STREAM_META_METRICS_PORT', '9108'), timeout=4)"]
 ENTRYPOINT ["stream-meta"]
 CMD ["run"]

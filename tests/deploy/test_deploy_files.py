@@ -14,6 +14,7 @@ from stream_meta.cli.main import _parser
 from stream_meta.daemon.config import RunConfig, load_config
 from tests.deploy.conftest import DEPLOY, ROOT, tool
 from tests.deploy.promql import SYNTHETIC, alert_exprs, dashboard_exprs, exported, metric_names
+from tests.deploy.settings import loadable_config, loadable_env
 
 PROM = DEPLOY / "prometheus"
 METRICS_PORT = RunConfig.model_fields["metrics_port"].default
@@ -115,7 +116,7 @@ def test_compose_runs_kafka_kraft_producer_daemon_prometheus_grafana_with_health
     assert (DEPLOY / daemon["build"]["context"] / daemon["build"]["dockerfile"]).is_file()
     args = _parser().parse_args(daemon["command"])
     flags = {k: v for k, v in vars(args).items() if k != "command"}
-    cfg = load_config(flags, env={k: str(v) for k, v in daemon["environment"].items()})  # the real validation
+    cfg = load_config(flags, env=loadable_env(daemon["environment"]))  # the real validation
     assert args.command == "run" and cfg.bootstrap == "kafka:9092" and cfg.metrics_host == "0.0.0.0"
     assert f"{cfg.metrics_port}:{cfg.metrics_port}" in daemon["ports"]
     assert f"{cfg.metrics_port}/healthz" in " ".join(daemon["healthcheck"]["test"])
@@ -150,14 +151,14 @@ def _k8s() -> dict[str, dict]:
 
 def test_k8s_deployment_probes_security_resources_and_checkpoint_volume(tmp_path):
     k = _k8s()
-    assert set(k) == {"ConfigMap", "PersistentVolumeClaim", "Deployment", "Service", "PodMonitor"}
+    assert set(k) == {"ConfigMap", "Secret", "PersistentVolumeClaim", "Deployment", "Service", "PodMonitor"}
     kustomization = _yaml(DEPLOY / "k8s" / "kustomization.yaml")
     assert sorted(kustomization["resources"]) == sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml")
                                                        if p.name != "kustomization.yaml")
     spec = k["Deployment"]["spec"]["template"]["spec"]
     (c,) = spec["containers"]
     assert c["image"].split(":")[0] == "stream-meta" == kustomization["images"][0]["name"]
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
     port = next(p for p in c["ports"] if p["name"] == "metrics")["containerPort"]
     assert port == int(env["STREAM_META_METRICS_PORT"]) == METRICS_PORT
     assert env["STREAM_META_METRICS_HOST"] == "0.0.0.0"
@@ -178,8 +179,8 @@ def test_k8s_deployment_probes_security_resources_and_checkpoint_volume(tmp_path
     assert k["Deployment"]["spec"]["replicas"] == 1 and k["Deployment"]["spec"]["strategy"]["type"] == "Recreate"
 
     # the ConfigMap's settings load through the real config loader, with the Deployment's env on top
-    (tmp_path / "config.yaml").write_text(k["ConfigMap"]["data"]["config.yaml"])
-    cfg = load_config({}, env={**env, "STREAM_META_CONFIG": str(tmp_path / "config.yaml")})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(loadable_config(yaml.safe_load(k["ConfigMap"]["data"]["config.yaml"]))))
+    cfg = load_config({}, env=loadable_env({**env, "STREAM_META_CONFIG": str(tmp_path / "config.yaml")}))
     assert cfg.metrics_port == port and str(cfg.checkpoint_dir) == env["STREAM_META_CHECKPOINT_DIR"]
 
     service, monitor = k["Service"]["spec"], k["PodMonitor"]["spec"]
