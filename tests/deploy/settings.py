@@ -91,10 +91,26 @@ def compose() -> dict:
     return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
 
 
+def kustomization() -> dict:
+    return yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+
+
+def generated_files() -> list[str]:
+    """Files of deploy/k8s that the Kustomization turns into ConfigMaps (not manifests)."""
+    return [f for gen in kustomization().get("configMapGenerator", []) for f in gen["files"]]
+
+
 def k8s_docs() -> list[dict]:
-    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
-    return [doc for name in kustomization["resources"]
-            for doc in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()) if doc]
+    """What ``kubectl kustomize deploy/k8s`` renders, less name hashes and common labels:
+    the listed resources and the generated ConfigMaps (kubectl is not needed to check them)."""
+    k = kustomization()
+    docs = [doc for name in k["resources"] for doc in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()) if doc]
+    for gen in k.get("configMapGenerator", []):
+        data = {Path(f).name: (DEPLOY / "k8s" / f).read_text() for f in gen["files"]}
+        labels = gen.get("options", {}).get("labels", {})
+        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"], "labels": labels},
+                     "data": data})
+    return docs
 
 
 def k8s(kind: str) -> dict:

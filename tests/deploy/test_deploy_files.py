@@ -14,7 +14,7 @@ from stream_meta.cli.main import _parser
 from stream_meta.daemon.config import RunConfig, load_config
 from tests.deploy.conftest import DEPLOY, ROOT, tool
 from tests.deploy.promql import SYNTHETIC, alert_exprs, dashboard_exprs, exported, metric_names
-from tests.deploy.settings import loadable_config, loadable_env
+from tests.deploy.settings import generated_files, k8s_docs, loadable_config, loadable_env
 
 PROM = DEPLOY / "prometheus"
 METRICS_PORT = RunConfig.model_fields["metrics_port"].default
@@ -141,20 +141,22 @@ def test_compose_runs_kafka_kraft_producer_daemon_prometheus_grafana_with_health
 
 # -- kubernetes ---------------------------------------------------------------------------------
 def _k8s() -> dict[str, dict]:
-    out = {}
-    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
-        for doc in _docs(path):
-            if doc and doc.get("kind") != "Kustomization":
-                out[doc["kind"]] = doc
+    out = {doc["kind"]: doc for doc in k8s_docs()}
+    assert len(out) == len(k8s_docs()), "one object of each kind"
     return out
+
+
+def _manifest_files() -> list[str]:
+    generated = set(generated_files())
+    return sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml") if p.name != "kustomization.yaml"
+                  and p.name not in generated)
 
 
 def test_k8s_deployment_probes_security_resources_and_checkpoint_volume(tmp_path):
     k = _k8s()
     assert set(k) == {"ConfigMap", "Secret", "PersistentVolumeClaim", "Deployment", "Service", "PodMonitor"}
     kustomization = _yaml(DEPLOY / "k8s" / "kustomization.yaml")
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml")
-                                                       if p.name != "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == _manifest_files()
     spec = k["Deployment"]["spec"]["template"]["spec"]
     (c,) = spec["containers"]
     assert c["image"].split(":")[0] == "stream-meta" == kustomization["images"][0]["name"]
@@ -194,13 +196,15 @@ def test_k8s_deployment_probes_security_resources_and_checkpoint_volume(tmp_path
 
 def test_k8s_kustomization_lists_every_manifest_and_sets_the_image():
     # Checked without kubectl (not something this repo installs): what `kubectl kustomize`
-    # would read is every listed file, each parsing, covering every manifest in the folder.
+    # would read is every listed file, each parsing, covering every manifest in the folder,
+    # and the settings file it turns into the ConfigMap the Deployment mounts.
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
     listed = kustomization["resources"]
-    on_disk = sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml") if p.name != "kustomization.yaml")
-    assert sorted(listed) == on_disk
+    assert sorted(listed) == _manifest_files()
     kinds = [doc["kind"] for name in listed for doc in _docs(DEPLOY / "k8s" / name) if doc]
-    assert sorted(kinds) == sorted(_k8s())
+    assert sorted(kinds + ["ConfigMap"]) == sorted(_k8s())
+    (generator,) = kustomization["configMapGenerator"]
+    assert generator["files"] == ["config.yaml"] and isinstance(_yaml(DEPLOY / "k8s" / "config.yaml"), dict)
     deployment = _k8s()["Deployment"]
     images = [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]]
     assert any(i.split(":")[0] == "stream-meta" for i in images)

@@ -206,3 +206,10 @@ def test_daemon_containers_drop_privileges():
     assert sc["capabilities"]["drop"] == ["ALL"] and sc["runAsNonRoot"] is True
     assert spec["automountServiceAccountToken"] is False
     assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+
+
+def test_compose_shell_entrypoints_run_under_an_init():
+    shells = [name for name, svc in compose()["services"].items()
+              if svc.get("entrypoint", [""])[0] in ("/bin/sh", "/bin/bash")]
+    assert shells == ["topics", "producer"]
+    assert all(compose()["services"][name].get("init") is True for name in shells)
