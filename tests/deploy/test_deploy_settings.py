@@ -94,8 +94,12 @@ def test_every_command_line_parses_and_its_flags_are_in_run_help():
             assert "--" + name.replace("_", "-") in run_help.stdout, (where, name)
 
 
-def test_image_entrypoint_is_the_cli_and_no_deploy_file_overrides_it_for_the_daemon():
-    assert re.search(r'^ENTRYPOINT \["stream-meta"\]$', dockerfile(), re.M)
+def test_image_entrypoint_is_the_cli_under_an_init_and_no_deploy_file_overrides_it_for_the_daemon():
+    # an init as PID 1 passes SIGTERM on; a Python PID 1 ignores it until the daemon's handler
+    # is installed (after torch, the checkpoint and the broker): stop would wait for SIGKILL
+    (entrypoint,) = re.findall(r"^ENTRYPOINT (\[.*\])$", dockerfile(), re.M)
+    assert yaml.safe_load(entrypoint) == ["/usr/bin/tini", "--", "stream-meta"]
+    assert re.search(r"apt-get install [^\n]*\btini\b", dockerfile())
     assert "entrypoint" not in compose()["services"]["stream-meta"]
     container = k8s("Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert "command" not in container and container["args"][0] == "run"
