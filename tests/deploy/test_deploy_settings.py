@@ -78,6 +78,7 @@ def test_every_setting_in_the_deploy_files_is_a_run_config_field():
         print(f"pending RunConfig fields used by the deploy files (not in this RunConfig yet): {pending}")
 
 
+@pytest.mark.integration  # runs the real `stream-meta run --help`
 def test_every_command_line_parses_and_its_flags_are_in_run_help():
     run_help = subprocess.run([sys.executable, "-m", "stream_meta.cli.main", "run", "--help"],
                               capture_output=True, text=True, timeout=60, cwd=ROOT)
