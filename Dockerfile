@@ -2,7 +2,7 @@
 # stream-meta daemon image: CPU-only PyTorch, non-root, read-only-root friendly.
 #   docker build -t stream-meta:local .
 #   docker run --rm -p 9108:9108 -e STREAM_META_BOOTSTRAP=kafka:9092 stream-meta:local run --topic t
-# The entrypoint is `stream-meta`: `docker run IMAGE produce ...`, `... status ...` work too.
+# The entrypoint is `stream-meta` (under tini): `docker run IMAGE produce ...`, `... status ...` work too.
 
 ARG PYTHON_VERSION=3.11
 
@@ -22,7 +22,13 @@ RUN pip install . && python -c "import stream_meta, connectors.kafka, torch; pri
 # --- runtime: the venv only, as an unprivileged user ---------------------------------------
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ARG UID=10001
-RUN groupadd --system --gid ${UID} stream-meta \
+# tini as PID 1: the kernel drops SIGTERM to a PID 1 without a handler, and the daemon installs
+# its handler only once torch is imported, the checkpoint restored and the broker reached;
+# before that `docker stop` / a pod deletion waited out the whole grace period for SIGKILL.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid ${UID} stream-meta \
  && useradd --system --uid ${UID} --gid ${UID} --no-create-home --home-dir /tmp --shell /usr/sbin/nologin stream-meta \
  && mkdir -p /var/lib/stream-meta \
  && chown ${UID}:${UID} /var/lib/stream-meta \
@@ -43,7 +49,9 @@ VOLUME ["/var/lib/stream-meta"]
 USER ${UID}:${UID}
 WORKDIR /tmp
 EXPOSE 9108
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+# start-period: importing torch, restoring a checkpoint and up to --connect-timeout-s (60 s by
+# default) of waiting for the broker.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('STREAM_META_METRICS_PORT', '9108'), timeout=4)"]
-ENTRYPOINT ["stream-meta"]
+ENTRYPOINT ["/usr/bin/tini", "--", "stream-meta"]
 CMD ["run"]

@@ -14,6 +14,7 @@ from stream_meta.cli.main import _parser
 from stream_meta.daemon.config import RunConfig, load_config
 from tests.deploy.conftest import DEPLOY, ROOT, tool
 from tests.deploy.promql import SYNTHETIC, alert_exprs, dashboard_exprs, exported, metric_names
+from tests.deploy.settings import generated_files, k8s_docs, loadable_config, loadable_env
 
 PROM = DEPLOY / "prometheus"
 METRICS_PORT = RunConfig.model_fields["metrics_port"].default
@@ -115,7 +116,7 @@ def test_compose_runs_kafka_kraft_producer_daemon_prometheus_grafana_with_health
     assert (DEPLOY / daemon["build"]["context"] / daemon["build"]["dockerfile"]).is_file()
     args = _parser().parse_args(daemon["command"])
     flags = {k: v for k, v in vars(args).items() if k != "command"}
-    cfg = load_config(flags, env={k: str(v) for k, v in daemon["environment"].items()})  # the real validation
+    cfg = load_config(flags, env=loadable_env(daemon["environment"]))  # the real validation
     assert args.command == "run" and cfg.bootstrap == "kafka:9092" and cfg.metrics_host == "0.0.0.0"
     assert f"{cfg.metrics_port}:{cfg.metrics_port}" in daemon["ports"]
     assert f"{cfg.metrics_port}/healthz" in " ".join(daemon["healthcheck"]["test"])
@@ -140,24 +141,26 @@ def test_compose_runs_kafka_kraft_producer_daemon_prometheus_grafana_with_health
 
 # -- kubernetes ---------------------------------------------------------------------------------
 def _k8s() -> dict[str, dict]:
-    out = {}
-    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
-        for doc in _docs(path):
-            if doc and doc.get("kind") != "Kustomization":
-                out[doc["kind"]] = doc
+    out = {doc["kind"]: doc for doc in k8s_docs()}
+    assert len(out) == len(k8s_docs()), "one object of each kind"
     return out
+
+
+def _manifest_files() -> list[str]:
+    generated = set(generated_files())
+    return sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml") if p.name != "kustomization.yaml"
+                  and p.name not in generated)
 
 
 def test_k8s_deployment_probes_security_resources_and_checkpoint_volume(tmp_path):
     k = _k8s()
-    assert set(k) == {"ConfigMap", "PersistentVolumeClaim", "Deployment", "Service", "PodMonitor"}
+    assert set(k) == {"ConfigMap", "Secret", "PersistentVolumeClaim", "Deployment", "Service", "PodMonitor"}
     kustomization = _yaml(DEPLOY / "k8s" / "kustomization.yaml")
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml")
-                                                       if p.name != "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == _manifest_files()
     spec = k["Deployment"]["spec"]["template"]["spec"]
     (c,) = spec["containers"]
     assert c["image"].split(":")[0] == "stream-meta" == kustomization["images"][0]["name"]
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
     port = next(p for p in c["ports"] if p["name"] == "metrics")["containerPort"]
     assert port == int(env["STREAM_META_METRICS_PORT"]) == METRICS_PORT
     assert env["STREAM_META_METRICS_HOST"] == "0.0.0.0"
@@ -178,8 +181,8 @@ def test_k8s_deployment_probes_security_resources_and_checkpoint_volume(tmp_path
     assert k["Deployment"]["spec"]["replicas"] == 1 and k["Deployment"]["spec"]["strategy"]["type"] == "Recreate"
 
     # the ConfigMap's settings load through the real config loader, with the Deployment's env on top
-    (tmp_path / "config.yaml").write_text(k["ConfigMap"]["data"]["config.yaml"])
-    cfg = load_config({}, env={**env, "STREAM_META_CONFIG": str(tmp_path / "config.yaml")})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(loadable_config(yaml.safe_load(k["ConfigMap"]["data"]["config.yaml"]))))
+    cfg = load_config({}, env=loadable_env({**env, "STREAM_META_CONFIG": str(tmp_path / "config.yaml")}))
     assert cfg.metrics_port == port and str(cfg.checkpoint_dir) == env["STREAM_META_CHECKPOINT_DIR"]
 
     service, monitor = k["Service"]["spec"], k["PodMonitor"]["spec"]
@@ -193,13 +196,15 @@ def test_k8s_deployment_probes_security_resources_and_checkpoint_volume(tmp_path
 
 def test_k8s_kustomization_lists_every_manifest_and_sets_the_image():
     # Checked without kubectl (not something this repo installs): what `kubectl kustomize`
-    # would read is every listed file, each parsing, covering every manifest in the folder.
+    # would read is every listed file, each parsing, covering every manifest in the folder,
+    # and the settings file it turns into the ConfigMap the Deployment mounts.
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
     listed = kustomization["resources"]
-    on_disk = sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml") if p.name != "kustomization.yaml")
-    assert sorted(listed) == on_disk
+    assert sorted(listed) == _manifest_files()
     kinds = [doc["kind"] for name in listed for doc in _docs(DEPLOY / "k8s" / name) if doc]
-    assert sorted(kinds) == sorted(_k8s())
+    assert sorted(kinds + ["ConfigMap"]) == sorted(_k8s())
+    (generator,) = kustomization["configMapGenerator"]
+    assert generator["files"] == ["config.yaml"] and isinstance(_yaml(DEPLOY / "k8s" / "config.yaml"), dict)
     deployment = _k8s()["Deployment"]
     images = [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]]
     assert any(i.split(":")[0] == "stream-meta" for i in images)
@@ -214,7 +219,7 @@ def test_dockerfile_is_multistage_cpu_torch_non_root_with_healthcheck():
     assert "download.pytorch.org/whl/cpu" in text
     user = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert user and user[-1].split(":")[0] not in ("root", "0")
-    assert re.search(r'^ENTRYPOINT \["stream-meta"\]', text, re.M)
+    assert re.search(r'^ENTRYPOINT \[.*"stream-meta"\]$', text, re.M)
     assert re.search(r"^HEALTHCHECK .*\n?.*healthz", text, re.M)
     assert f"EXPOSE {METRICS_PORT}" in text
     # every file the build copies exists and is not excluded by .dockerignore
