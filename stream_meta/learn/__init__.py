@@ -1,0 +1,1 @@
+"""Online learners and what they keep: episodes, replay memories, regularisers, forgetting probes."""
