@@ -14,34 +14,18 @@ from stream_meta.daemon.service import Service, Sinks
 
 
 def build_learner(cfg: RunConfig) -> Learner:
+    """The learner ``cfg.algorithm`` names, handed its configuration groups whole."""
     if cfg.algorithm == "sgd":
-        return OnlineSGDLearner(
-            input_dim=cfg.input_dim, num_classes=cfg.num_classes, hidden=cfg.hidden, lr=cfg.inner_lr, seed=cfg.seed
-        )
+        return OnlineSGDLearner(cfg.model_cfg, lr=cfg.sgd_lr, seed=cfg.seed)
     return OnlineMetaLearner(
-        input_dim=cfg.input_dim,
-        num_classes=cfg.num_classes,
-        hidden=cfg.hidden,
-        algorithm=cfg.algorithm,
-        inner_steps=cfg.inner_steps,
-        inner_lr=cfg.inner_lr,
-        meta_lr=cfg.meta_lr,
-        support_size=cfg.support_size,
-        query_size=cfg.query_size,
-        episode_stride=cfg.episode_stride,
-        replay_capacity=cfg.replay_capacity,
-        replay_per_update=cfg.replay_per_update,
-        max_tasks=cfg.max_tasks,
+        cfg.model_cfg,
+        inner_cfg=cfg.inner_cfg,
+        meta_cfg=cfg.meta_cfg,
+        replay_cfg=cfg.replay_cfg,
+        reg_cfg=cfg.reg_cfg,
+        probe_cfg=cfg.probe_cfg,
         fast_weight_cache=cfg.fast_weight_cache,
         seed=cfg.seed,
-        memory_capacity=cfg.memory_capacity,
-        memory_policy=cfg.memory_policy,
-        memory_query=cfg.memory_query,
-        regularizer=cfg.regularizer,
-        reg_strength=cfg.reg_strength,
-        reg_decay=cfg.reg_decay,
-        probe_per_task=cfg.probe_per_task,
-        probe_every=cfg.probe_every,
     )
 
 
