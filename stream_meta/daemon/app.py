@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry
 from connectors.base import Offsets, Source
 from stream_meta.daemon.checkpoint import CheckpointStore
 from stream_meta.daemon.config import RunConfig
+from stream_meta.errors import ConfigError
 from stream_meta.learn.learner import Learner, OnlineMetaLearner, OnlineSGDLearner
 from stream_meta.daemon.metrics import Metrics
 from stream_meta.model import num_parameters
@@ -17,16 +18,19 @@ def build_learner(cfg: RunConfig) -> Learner:
     """The learner ``cfg.algorithm`` names, handed its configuration groups whole."""
     if cfg.algorithm == "sgd":
         return OnlineSGDLearner(cfg.model_cfg, lr=cfg.sgd_lr, seed=cfg.seed)
-    return OnlineMetaLearner(
-        cfg.model_cfg,
-        inner_cfg=cfg.inner_cfg,
-        meta_cfg=cfg.meta_cfg,
-        replay_cfg=cfg.replay_cfg,
-        reg_cfg=cfg.reg_cfg,
-        probe_cfg=cfg.probe_cfg,
-        fast_weight_cache=cfg.fast_weight_cache,
-        seed=cfg.seed,
-    )
+    try:
+        return OnlineMetaLearner(
+            cfg.model_cfg,
+            inner_cfg=cfg.inner_cfg,
+            meta_cfg=cfg.meta_cfg,
+            replay_cfg=cfg.replay_cfg,
+            reg_cfg=cfg.reg_cfg,
+            probe_cfg=cfg.probe_cfg,
+            fast_weight_cache=cfg.fast_weight_cache,
+            seed=cfg.seed,
+        )
+    except ValueError as exc:  # what only the built model can tell, e.g. an ANIL head naming no parameter
+        raise ConfigError(f"invalid learner configuration: {exc}") from None
 
 
 def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:

@@ -75,19 +75,19 @@ class RunConfig(BaseModel):
     inner_lr: float = Field(0.1, gt=0, le=10, description="inner-loop step size (alpha)")
     meta_lr: float = Field(1e-2, gt=0, le=1, description="outer (meta) step size (beta), Adam")
     # The algorithms' own options, passed to the algorithm unchanged (see stream_meta.learn.config).
-    loss: Literal[LOSSES] = Field("ce", description="inner-loop loss: ce = cross-entropy, mse = squared error "  # type: ignore[valid-type]
-                                  "of the logits against one-hot labels")
+    loss: Literal[LOSSES] = Field("ce", description="inner-loop loss: ce (cross-entropy) or mse (squared error "  # type: ignore[valid-type]
+                                  "of the logits against one-hot labels)")
     first_order: bool = Field(False, description="metasgd, lamaml, anil only: first-order meta-gradient "
                               "(no differentiation through the inner steps)")
     head: tuple[str, ...] | None = Field(None, description="anil only: parameter names the inner loop adapts, "
-                                         "e.g. 4.weight,4.bias (default: the last layer)")
+                                         "e.g. 2.weight,2.bias; None = the last layer")
     max_scale: float | None = Field(None, gt=0, description="metasgd, lamaml only: upper bound of the learned "
-                                    "step-size multipliers (default: the algorithm's, 10)")
+                                    "step-size multipliers; None = the algorithm's own (10)")
     max_inner_lr: float = Field(10.0, gt=0, description="largest inner step size the algorithm accepts (a guard)")
-    backend: Literal[BACKENDS] = Field("auto", description="meta-gradient engine: auto = the fastest that "  # type: ignore[valid-type]
-                                       "applies; see stream_meta.meta.engines")
+    backend: Literal[BACKENDS] = Field("auto", description="meta-gradient engine, one of auto (the fastest "  # type: ignore[valid-type]
+                                       "that applies), loop, vmap, lowrank, manual")
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the meta-gradient's global norm to this "
-                                         "(default: no clipping)")
+                                         "(None = no clipping)")
     sgd_lr: float = Field(0.1, gt=0, le=10, description="step size of the sgd baseline (algorithm sgd)")
     support_size: int = Field(20, ge=1, description="support records per episode at most")
     query_size: int = Field(5, ge=1, description="query records per episode")

@@ -110,6 +110,7 @@ class OnlineMetaLearner:
         self._rng = torch.Generator().manual_seed(seed)
         self.params: Params = {k: v.requires_grad_() for k, v in init_params(self.model, self._rng).items()}
         self.alg = build_algorithm(inner_cfg, meta_cfg)
+        self.alg.adapted_names(self.model, self.params)  # an ANIL head naming no parameter fails here, not mid-stream
         self.extra: Params = {k: v.detach().clone().requires_grad_() for k, v in self.alg.init_extra(self.params).items()}
         self.optimizer = torch.optim.Adam([*self.params.values(), *self.extra.values()], lr=meta_cfg.meta_lr)
         self.episodes = EpisodeBuilder(meta_cfg.support_size, meta_cfg.query_size, meta_cfg.episode_stride, meta_cfg.max_tasks)

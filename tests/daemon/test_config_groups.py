@@ -86,6 +86,12 @@ def test_bad_algorithm_options_are_config_errors(overrides, needle):
         load_config({}, env={}, overrides=overrides)
 
 
+def test_an_anil_head_naming_no_parameter_fails_when_the_learner_is_built():
+    cfg = load_config({}, env={}, overrides={**SMALL, "algorithm": "anil", "head": "9.weight"})
+    with pytest.raises(ConfigError, match="9.weight"):
+        build_learner(cfg)
+
+
 def test_daemon_defaults_are_the_groups_defaults():
     cfg = RunConfig(**SMALL)
     assert cfg.model_cfg == ModelConfig(4, 3, (8,))
