@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry
 from connectors.base import Offsets, Source
 from stream_meta.daemon.checkpoint import CheckpointStore
 from stream_meta.daemon.config import RunConfig
+from stream_meta.errors import ConfigError
 from stream_meta.learn.learner import Learner, OnlineMetaLearner, OnlineSGDLearner
 from stream_meta.daemon.metrics import Metrics
 from stream_meta.model import num_parameters
@@ -14,35 +15,22 @@ from stream_meta.daemon.service import Service, Sinks
 
 
 def build_learner(cfg: RunConfig) -> Learner:
+    """The learner ``cfg.algorithm`` names, handed its configuration groups whole."""
     if cfg.algorithm == "sgd":
-        return OnlineSGDLearner(
-            input_dim=cfg.input_dim, num_classes=cfg.num_classes, hidden=cfg.hidden, lr=cfg.inner_lr, seed=cfg.seed
+        return OnlineSGDLearner(cfg.model_cfg, lr=cfg.sgd_lr, seed=cfg.seed)
+    try:
+        return OnlineMetaLearner(
+            cfg.model_cfg,
+            inner_cfg=cfg.inner_cfg,
+            meta_cfg=cfg.meta_cfg,
+            replay_cfg=cfg.replay_cfg,
+            reg_cfg=cfg.reg_cfg,
+            probe_cfg=cfg.probe_cfg,
+            fast_weight_cache=cfg.fast_weight_cache,
+            seed=cfg.seed,
         )
-    return OnlineMetaLearner(
-        input_dim=cfg.input_dim,
-        num_classes=cfg.num_classes,
-        hidden=cfg.hidden,
-        algorithm=cfg.algorithm,
-        inner_steps=cfg.inner_steps,
-        inner_lr=cfg.inner_lr,
-        meta_lr=cfg.meta_lr,
-        support_size=cfg.support_size,
-        query_size=cfg.query_size,
-        episode_stride=cfg.episode_stride,
-        replay_capacity=cfg.replay_capacity,
-        replay_per_update=cfg.replay_per_update,
-        max_tasks=cfg.max_tasks,
-        fast_weight_cache=cfg.fast_weight_cache,
-        seed=cfg.seed,
-        memory_capacity=cfg.memory_capacity,
-        memory_policy=cfg.memory_policy,
-        memory_query=cfg.memory_query,
-        regularizer=cfg.regularizer,
-        reg_strength=cfg.reg_strength,
-        reg_decay=cfg.reg_decay,
-        probe_per_task=cfg.probe_per_task,
-        probe_every=cfg.probe_every,
-    )
+    except ValueError as exc:  # what only the built model can tell, e.g. an ANIL head naming no parameter
+        raise ConfigError(f"invalid learner configuration: {exc}") from None
 
 
 def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:

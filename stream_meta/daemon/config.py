@@ -19,6 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from stream_meta.errors import ConfigError
+from stream_meta.learn.config import (
+    BACKENDS, LOSSES, InnerLoopConfig, MetaStepConfig, ModelConfig, ProbeConfig, RegularizerConfig, ReplayConfig,
+)
 
 ENV_PREFIX = "STREAM_META_"
 
@@ -71,6 +74,21 @@ class RunConfig(BaseModel):
     inner_steps: int = Field(5, ge=0, le=50, description="inner-loop SGD steps (K)")
     inner_lr: float = Field(0.1, gt=0, le=10, description="inner-loop step size (alpha)")
     meta_lr: float = Field(1e-2, gt=0, le=1, description="outer (meta) step size (beta), Adam")
+    # The algorithms' own options, passed to the algorithm unchanged (see stream_meta.learn.config).
+    loss: Literal[LOSSES] = Field("ce", description="inner-loop loss: ce (cross-entropy) or mse (squared error "  # type: ignore[valid-type]
+                                  "of the logits against one-hot labels)")
+    first_order: bool = Field(False, description="metasgd, lamaml, anil only: first-order meta-gradient "
+                              "(no differentiation through the inner steps)")
+    head: tuple[str, ...] | None = Field(None, description="anil only: parameter names the inner loop adapts, "
+                                         "e.g. 2.weight,2.bias; None = the last layer")
+    max_scale: float | None = Field(None, gt=0, description="metasgd, lamaml only: upper bound of the learned "
+                                    "step-size multipliers; None = the algorithm's own (10)")
+    max_inner_lr: float = Field(10.0, gt=0, description="largest inner step size the algorithm accepts (a guard)")
+    backend: Literal[BACKENDS] = Field("auto", description="meta-gradient engine, one of auto (the fastest "  # type: ignore[valid-type]
+                                       "that applies), loop, vmap, lowrank, manual")
+    clip_grad_norm: float | None = Field(None, gt=0, description="clip the meta-gradient's global norm to this "
+                                         "(None = no clipping)")
+    sgd_lr: float = Field(0.1, gt=0, le=10, description="step size of the sgd baseline (algorithm sgd)")
     support_size: int = Field(20, ge=1, description="support records per episode at most")
     query_size: int = Field(5, ge=1, description="query records per episode")
     episode_stride: int = Field(5, ge=1, description="new labelled records of a task between episodes")
@@ -110,6 +128,13 @@ class RunConfig(BaseModel):
             return tuple(int(s) for s in v.split(",") if s.strip())
         return v
 
+    @field_validator("head", mode="before")
+    @classmethod
+    def _split_names(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(s.strip() for s in v.split(",") if s.strip()) or None
+        return v
+
     @field_validator("hidden")
     @classmethod
     def _positive_sizes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
@@ -129,6 +154,46 @@ class RunConfig(BaseModel):
         if self.dlq_topic is None:
             object.__setattr__(self, "dlq_topic", f"{self.topic}.dlq")
         return self
+
+    @model_validator(mode="after")
+    def _groups_valid(self) -> "RunConfig":
+        # Building the groups checks what no single field can (an option the algorithm lacks).
+        if self.algorithm != "sgd":
+            self.inner_cfg, self.meta_cfg, self.replay_cfg, self.reg_cfg, self.probe_cfg
+        return self
+
+    # --- the learner's configuration groups, each handed whole to the learner ---------
+    @property
+    def model_cfg(self) -> ModelConfig:
+        return ModelConfig(self.input_dim, self.num_classes, self.hidden)
+
+    @property
+    def inner_cfg(self) -> InnerLoopConfig:
+        return InnerLoopConfig(
+            algorithm=self.algorithm, steps=self.inner_steps, lr=self.inner_lr, loss=self.loss,
+            first_order=self.first_order, head=self.head, max_scale=self.max_scale,
+            max_inner_lr=self.max_inner_lr, backend=self.backend,
+        )
+
+    @property
+    def meta_cfg(self) -> MetaStepConfig:
+        return MetaStepConfig(
+            meta_lr=self.meta_lr, clip_grad_norm=self.clip_grad_norm, support_size=self.support_size,
+            query_size=self.query_size, episode_stride=self.episode_stride,
+            replay_per_update=self.replay_per_update, max_tasks=self.max_tasks,
+        )
+
+    @property
+    def replay_cfg(self) -> ReplayConfig:
+        return ReplayConfig(self.replay_capacity, self.memory_capacity, self.memory_policy, self.memory_query)
+
+    @property
+    def reg_cfg(self) -> RegularizerConfig:
+        return RegularizerConfig(self.regularizer, self.reg_strength, self.reg_decay)
+
+    @property
+    def probe_cfg(self) -> ProbeConfig:
+        return ProbeConfig(self.probe_per_task, self.probe_every)
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain data with secrets masked, for the start-up log."""

@@ -225,13 +225,14 @@ class Service:
         self._mark = now
         self.sinks.flush()  # dead letters and predictions are out before offsets move past them
         state = {"learner": self.learner.state_dict(), "stats": self.stats.state_dict()}
+        health = self.learner.health()
         info = {
             "records_consumed": self.stats.records_consumed,
             "records_learned": self.stats.records_learned,
             "tasks_seen": self.stats.tasks_seen,
             "meta_updates": self.stats.meta_updates,
-            "replay_episodes": len(self.learner.replay),
-            "memory_records": len(getattr(self.learner, "memory", ())),
+            "replay_episodes": health.replay_episodes,
+            "memory_records": health.memory_records,
         }
         self.store.save(state, self.offsets, info)
         if commit and self.source is not None and self.offsets:
@@ -309,13 +310,14 @@ class Service:
             if n:
                 self.metrics.accuracy_by_position.labels(bucket).set(c / n)
         self.metrics.tasks_seen.set(self.stats.tasks_seen)
-        for name, memory in (("episodes", self.learner.replay), ("records", getattr(self.learner, "memory", None))):
-            if memory is not None:
-                self.metrics.replay_items.labels(name).set(len(memory))
-                self.metrics.replay_bytes.labels(name).set(memory.nbytes())
-        if getattr(self.learner, "forgetting", None) is not None:
-            self.metrics.retained_accuracy.set(self.learner.retained_accuracy)
-            self.metrics.forgetting.set(self.learner.forgetting)
+        health = self.learner.health()
+        for name, items, size in (("episodes", health.replay_episodes, health.replay_bytes),
+                                  ("records", health.memory_records, health.memory_bytes)):
+            self.metrics.replay_items.labels(name).set(items)
+            self.metrics.replay_bytes.labels(name).set(size)
+        if health.retained_accuracy is not None and health.forgetting is not None:
+            self.metrics.retained_accuracy.set(health.retained_accuracy)
+            self.metrics.forgetting.set(health.forgetting)
         lag = self.source.lag() if self.source is not None else None
         if lag is not None:
             self.metrics.consumer_lag.set(lag)

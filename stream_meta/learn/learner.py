@@ -5,8 +5,11 @@ weights from them on the task's recent records, and meta-updates whenever a
 task completes an episode, mixing replayed past episodes into the meta-batch.
 :class:`OnlineSGDLearner` is the plain baseline: one SGD step per record.
 
+Each takes its configuration in groups (:mod:`stream_meta.learn.config`), whole:
+
 >>> import torch
->>> m = OnlineMetaLearner(input_dim=4, num_classes=2, hidden=(8,), support_size=3, query_size=1, episode_stride=1)
+>>> from stream_meta.learn.config import MetaStepConfig, ModelConfig
+>>> m = OnlineMetaLearner(ModelConfig(4, 2, (8,)), meta_cfg=MetaStepConfig(support_size=3, query_size=1, episode_stride=1))
 >>> for i in range(6):
 ...     _ = m.predict("t", torch.full((4,), float(i % 2)))
 ...     _ = m.learn("t", torch.full((4,), float(i % 2)), i % 2)
@@ -22,10 +25,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call
 
+from stream_meta.learn.config import (
+    InnerLoopConfig, MetaStepConfig, ModelConfig, ProbeConfig, RegularizerConfig, ReplayConfig,
+)
 from stream_meta.learn.episodes import EpisodeBuilder
 from stream_meta.meta import ALGORITHMS, Episode, get_algorithm
+from stream_meta.meta.algorithms import GradientMetaAlgorithm
 from stream_meta.meta.mlp_sgd import mlp_forward
 from stream_meta.model import Params, build_mlp, init_params
 from stream_meta.learn.probes import ForgettingProbe
@@ -44,12 +52,35 @@ class LearnReport:
     stats: dict = field(default_factory=dict)
 
 
-class Learner(Protocol):
+@dataclass(frozen=True)
+class LearnerHealth:
+    """A snapshot of a learner's state for gauges and checkpoint manifests.
+
+    Replay sizes are 0 for a learner without replay; ``retained_accuracy`` and
+    ``forgetting`` are ``None`` until (or unless) forgetting probes have been evaluated.
+    """
+
     meta_updates: int
+    nonfinite_skips: int
+    replay_episodes: int
+    replay_bytes: int
+    memory_records: int
+    memory_bytes: int
+    retained_accuracy: float | None
+    forgetting: float | None
+
+
+class Learner(Protocol):
+    """What the daemon uses of a learner: nothing else is read from it."""
+
+    meta_updates: int
+    params: Params  # the (meta-)parameters, e.g. to count them
 
     def predict(self, task: str, x: torch.Tensor) -> int: ...
 
     def learn(self, task: str, x: torch.Tensor, y: int) -> LearnReport: ...
+
+    def health(self) -> LearnerHealth: ...
 
     def state_dict(self) -> dict: ...
 
@@ -61,53 +92,35 @@ class OnlineMetaLearner:
 
     def __init__(
         self,
+        model_cfg: ModelConfig,
         *,
-        input_dim: int,
-        num_classes: int,
-        hidden: tuple[int, ...] = (100, 100),
-        algorithm: str = "fomaml",
-        inner_steps: int = 5,
-        inner_lr: float = 0.1,
-        meta_lr: float = 1e-2,
-        support_size: int = 20,
-        query_size: int = 5,
-        episode_stride: int = 5,
-        replay_capacity: int = 200,
-        replay_per_update: int = 3,
-        max_tasks: int = 1000,
+        inner_cfg: InnerLoopConfig = InnerLoopConfig(),
+        meta_cfg: MetaStepConfig = MetaStepConfig(),
+        replay_cfg: ReplayConfig = ReplayConfig(),
+        reg_cfg: RegularizerConfig = RegularizerConfig(),
+        probe_cfg: ProbeConfig = ProbeConfig(),
         fast_weight_cache: int = 16,
         seed: int = 0,
-        memory_capacity: int = 0,
-        memory_policy: str = "reservoir",
-        memory_query: int = 0,
-        regularizer: str = "none",
-        reg_strength: float = 0.0,
-        reg_decay: float = 1.0,
-        probe_per_task: int = 0,
-        probe_every: int = 1000,
     ) -> None:
-        self.input_dim, self.num_classes, self.hidden = input_dim, num_classes, tuple(hidden)
-        self.memory_capacity, self.memory_policy, self.memory_query = memory_capacity, memory_policy, memory_query
-        self.regularizer, self.reg_strength, self.reg_decay = regularizer, reg_strength, reg_decay
-        self.probe_per_task, self.probe_every = probe_per_task, probe_every
-        self.algorithm, self.inner_steps, self.inner_lr, self.meta_lr = algorithm, inner_steps, inner_lr, meta_lr
-        self.replay_per_update, self.max_tasks, self.seed = replay_per_update, max_tasks, seed
-        self.fast_weight_cache = fast_weight_cache
+        self.model_cfg, self.inner_cfg, self.meta_cfg = model_cfg, inner_cfg, meta_cfg
+        self.replay_cfg, self.reg_cfg, self.probe_cfg = replay_cfg, reg_cfg, probe_cfg
+        self.fast_weight_cache, self.seed = fast_weight_cache, seed
 
-        self.model = build_mlp([input_dim, *self.hidden, num_classes])
+        self.model = build_mlp([model_cfg.input_dim, *model_cfg.hidden, model_cfg.num_classes])
         self._rng = torch.Generator().manual_seed(seed)
         self.params: Params = {k: v.requires_grad_() for k, v in init_params(self.model, self._rng).items()}
-        self.alg = get_algorithm(algorithm)
+        self.alg = build_algorithm(inner_cfg, meta_cfg)
+        self.alg.adapted_names(self.model, self.params)  # an ANIL head naming no parameter fails here, not mid-stream
         self.extra: Params = {k: v.detach().clone().requires_grad_() for k, v in self.alg.init_extra(self.params).items()}
-        self.optimizer = torch.optim.Adam([*self.params.values(), *self.extra.values()], lr=meta_lr)
-        self.episodes = EpisodeBuilder(support_size, query_size, episode_stride, max_tasks)
-        self.replay = EpisodeReservoir(replay_capacity)
+        self.optimizer = torch.optim.Adam([*self.params.values(), *self.extra.values()], lr=meta_cfg.meta_lr)
+        self.episodes = EpisodeBuilder(meta_cfg.support_size, meta_cfg.query_size, meta_cfg.episode_stride, meta_cfg.max_tasks)
+        self.replay = EpisodeReservoir(replay_cfg.episode_capacity)
         # Record-level replay (MER / La-MAML): replayed records join each meta-update's query set.
-        self.memory = RecordMemory(memory_capacity, memory_policy)
-        self.reg = build_regularizer(regularizer, reg_strength, reg_decay)
+        self.memory = RecordMemory(replay_cfg.memory_capacity, replay_cfg.memory_policy)
+        self.reg = build_regularizer(reg_cfg.name, reg_cfg.strength, reg_cfg.decay)
         self._last_task: str | None = None
-        # Live forgetting estimate on records held out from learning (off when probe_per_task == 0).
-        self.probe = ForgettingProbe(probe_per_task) if probe_per_task > 0 else None
+        # Live forgetting estimate on records held out from learning (off when per_task == 0).
+        self.probe = ForgettingProbe(probe_cfg.per_task) if probe_cfg.per_task > 0 else None
         self.retained_accuracy: float | None = None
         self.forgetting: float | None = None
         self._since_probe = 0
@@ -128,9 +141,9 @@ class OnlineMetaLearner:
             self._fast.move_to_end(task)
             return fast
         window = self.episodes.window(task)
-        if window is None or self.inner_steps == 0:
+        if window is None or self.inner_cfg.steps == 0:
             return self.params
-        fast = self._adapt(self.params, window, self.inner_steps)
+        fast = self._adapt(self.params, window, self.inner_cfg.steps)
         self._fast[task] = fast
         while len(self._fast) > self.fast_weight_cache:
             self._fast.popitem(last=False)
@@ -138,7 +151,21 @@ class OnlineMetaLearner:
 
     def _adapt(self, start: Params, window: tuple[torch.Tensor, torch.Tensor], steps: int) -> Params:
         with torch.enable_grad():
-            return self.alg.adapt(self.model, start, self.extra, window[0], window[1], steps=steps, lr=self.inner_lr)
+            return self.alg.adapt(
+                self.model, start, self.extra, window[0], self._targets(window[1]), steps=steps, lr=self.inner_cfg.lr
+            )
+
+    def _targets(self, y: torch.Tensor) -> torch.Tensor:
+        """Class labels as the inner loss wants them: indices for CE, one-hot rows for MSE."""
+        if self.inner_cfg.loss == "mse":
+            return F.one_hot(y, self.model_cfg.num_classes).to(torch.get_default_dtype())
+        return y
+
+    def _as_targets(self, episode: Episode) -> Episode:
+        if self.inner_cfg.loss == "ce":
+            return episode
+        return Episode(episode.task, episode.support_x, self._targets(episode.support_y),
+                       episode.query_x, self._targets(episode.query_y))
 
     @torch.no_grad()
     def logits(self, task: str, x: torch.Tensor) -> torch.Tensor:
@@ -159,7 +186,7 @@ class OnlineMetaLearner:
             if self.probe.offer(task, x, y):
                 return report  # held out: a probe record is never learned from
             self._since_probe += 1
-            if self._since_probe >= self.probe_every:
+            if self._since_probe >= self.probe_cfg.every:
                 self._since_probe = 0
                 self.retained_accuracy, self.forgetting = self.probe.evaluate(self._probe_predict, task)
         if task != self._last_task:
@@ -170,7 +197,7 @@ class OnlineMetaLearner:
             self._meta_update(episode, report)
             self.replay.add(episode, self._rng)
         fast = self._fast.get(task)
-        if fast is not None and self.inner_steps > 0:
+        if fast is not None and self.inner_cfg.steps > 0:
             # One more inner step on the grown window keeps the cached fast weights
             # current at a fraction of re-adapting from the meta-parameters.
             self._fast[task] = self._adapt(fast, self.episodes.window(task), 1)
@@ -182,7 +209,8 @@ class OnlineMetaLearner:
         # Adapted from the meta-parameters on the task's window, as predict would, but
         # without touching the fast-weight cache.
         window = self.episodes.window(task)
-        fast = self.params if window is None or self.inner_steps == 0 else self._adapt(self.params, window, self.inner_steps)
+        steps = self.inner_cfg.steps
+        fast = self.params if window is None or steps == 0 else self._adapt(self.params, window, steps)
         return mlp_forward(self.model, fast, x).argmax(1)
 
     def _task_boundary(self, finished: str) -> None:
@@ -196,13 +224,14 @@ class OnlineMetaLearner:
             self.reg.on_boundary(self.model, self.params, window)
 
     def _meta_update(self, episode: Episode, report: LearnReport) -> None:
-        if self.memory_query > 0 and len(self.memory):
-            mx, my = self.memory.sample(self.memory_query, self._rng)
+        if self.replay_cfg.memory_query > 0 and len(self.memory):
+            mx, my = self.memory.sample(self.replay_cfg.memory_query, self._rng)
             episode = Episode(episode.task, episode.support_x, episode.support_y,
                               torch.cat([episode.query_x, mx]), torch.cat([episode.query_y, my]))
-        batch = [episode, *self.replay.sample(self.replay_per_update, self._rng)]
+        batch = [episode, *self.replay.sample(self.meta_cfg.replay_per_update, self._rng)]
         grads, extra_grads, stats = self.alg.meta_gradient(
-            self.model, self.params, self.extra, batch, steps=self.inner_steps, lr=self.inner_lr
+            self.model, self.params, self.extra, [self._as_targets(e) for e in batch],
+            steps=self.inner_cfg.steps, lr=self.inner_cfg.lr,
         )
         loss_grads = grads
         if self.reg is not None and not stats["nonfinite"]:
@@ -221,10 +250,8 @@ class OnlineMetaLearner:
         self.optimizer.zero_grad(set_to_none=True)
         if self.reg is not None:
             self.reg.after_step(before, self.params, loss_grads)
-        project = getattr(self.alg, "project_extra", None)
-        if project is not None:
-            with torch.no_grad():
-                project(self.extra)
+        with torch.no_grad():
+            self.alg.project_extra(self.extra)
         self._fast.clear()  # every cached adaptation started from the old meta-parameters
         self.meta_updates += 1
         report.meta_updates += 1
@@ -232,6 +259,18 @@ class OnlineMetaLearner:
         report.query_loss_after = stats["query_loss"]
 
     # -- state ----------------------------------------------------------------
+    def health(self) -> LearnerHealth:
+        return LearnerHealth(
+            meta_updates=self.meta_updates,
+            nonfinite_skips=self.nonfinite_skips,
+            replay_episodes=len(self.replay),
+            replay_bytes=self.replay.nbytes(),
+            memory_records=len(self.memory),
+            memory_bytes=self.memory.nbytes(),
+            retained_accuracy=self.retained_accuracy,
+            forgetting=self.forgetting,
+        )
+
     def state_dict(self) -> dict:
         return {
             "fast": [{"task": t, "params": dict(p)} for t, p in self._fast.items()],
@@ -280,16 +319,15 @@ class OnlineMetaLearner:
 class OnlineSGDLearner:
     """Baseline: one model for all tasks, one SGD step per labelled record."""
 
-    def __init__(
-        self, *, input_dim: int, num_classes: int, hidden: tuple[int, ...] = (100, 100), lr: float = 0.1, seed: int = 0
-    ) -> None:
-        self.input_dim, self.num_classes, self.hidden, self.lr, self.seed = input_dim, num_classes, tuple(hidden), lr, seed
-        self.model = build_mlp([input_dim, *self.hidden, num_classes])
+    def __init__(self, model_cfg: ModelConfig, *, lr: float = 0.1, seed: int = 0) -> None:
+        if not lr > 0:
+            raise ValueError(f"SGD lr must be > 0, got {lr}")
+        self.model_cfg, self.lr, self.seed = model_cfg, lr, seed
+        self.model = build_mlp([model_cfg.input_dim, *model_cfg.hidden, model_cfg.num_classes])
         self.params = {k: v.requires_grad_() for k, v in init_params(self.model, torch.Generator().manual_seed(seed)).items()}
         self.optimizer = torch.optim.SGD(list(self.params.values()), lr=lr)
         self.meta_updates = 0
         self.nonfinite_skips = 0
-        self.replay = EpisodeReservoir(0)
 
     @torch.no_grad()
     def predict(self, task: str, x: torch.Tensor) -> int:
@@ -306,6 +344,9 @@ class OnlineSGDLearner:
         self.optimizer.step()
         return LearnReport()
 
+    def health(self) -> LearnerHealth:
+        return LearnerHealth(self.meta_updates, self.nonfinite_skips, 0, 0, 0, 0, None, None)
+
     def state_dict(self) -> dict:
         return {"params": {k: v.detach().clone() for k, v in self.params.items()}, "optimizer": copy.deepcopy(self.optimizer.state_dict())}
 
@@ -314,6 +355,11 @@ class OnlineSGDLearner:
             for k, v in state["params"].items():
                 self.params[k].copy_(v)
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def build_algorithm(inner_cfg: InnerLoopConfig, meta_cfg: MetaStepConfig) -> GradientMetaAlgorithm:
+    """The meta-algorithm ``inner_cfg`` names, with every option of both groups it takes."""
+    return get_algorithm(inner_cfg.algorithm, clip_grad_norm=meta_cfg.clip_grad_norm, **inner_cfg.algorithm_options())
 
 
 def learner_names() -> list[str]:

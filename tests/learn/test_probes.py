@@ -2,6 +2,7 @@ import io
 
 import torch
 
+from stream_meta.learn.config import MetaStepConfig, ModelConfig, ProbeConfig
 from stream_meta.learn.learner import OnlineMetaLearner
 from stream_meta.learn.probes import ForgettingProbe
 
@@ -20,18 +21,18 @@ def test_probe_holds_out_bounded_records_and_measures_the_drop():
 
 
 def test_learner_probe_estimate_round_trips_and_never_learns_probe_records():
-    kw = dict(input_dim=4, num_classes=2, hidden=(8,), support_size=4, query_size=2, episode_stride=2,
-              probe_per_task=3, probe_every=10)
+    kw = dict(meta_cfg=MetaStepConfig(support_size=4, query_size=2, episode_stride=2),
+              probe_cfg=ProbeConfig(per_task=3, every=10))
     g = torch.Generator().manual_seed(0)
     recs = [(f"t{i // 40}", torch.randn(4, generator=g), i % 2) for i in range(120)]
-    a = OnlineMetaLearner(**kw)
+    a = OnlineMetaLearner(ModelConfig(4, 2, (8,)), **kw)
     for t, x, y in recs[:80]:
         a.learn(t, x, y)
     assert a.retained_accuracy is not None and a.forgetting is not None and len(a.probe) == 2
     assert a.episodes.seen("t0") == 40 - 3  # the 3 probe records were held out
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
-    b = OnlineMetaLearner(**kw)
+    b = OnlineMetaLearner(ModelConfig(4, 2, (8,)), **kw)
     b.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     for t, x, y in recs[80:]:
         a.learn(t, x, y)

@@ -3,6 +3,7 @@ import io
 import pytest
 import torch
 
+from stream_meta.learn.config import MetaStepConfig, ModelConfig, RegularizerConfig, ReplayConfig
 from stream_meta.learn.learner import OnlineMetaLearner
 from stream_meta.model import build_mlp
 from stream_meta.learn.regularizers import MAS, OnlineEWC, SynapticIntelligence, build_regularizer
@@ -80,18 +81,19 @@ def test_build_regularizer():
 @pytest.mark.parametrize("reg", ["ewc", "si", "mas"])
 def test_learner_with_replay_and_regularizer_round_trips(reg):
     torch.manual_seed(0)
-    kw = dict(input_dim=4, num_classes=3, hidden=(8,), support_size=4, query_size=2, episode_stride=2,
-              memory_capacity=10, memory_policy="task", memory_query=3, regularizer=reg, reg_strength=10.0)
+    kw = dict(meta_cfg=MetaStepConfig(support_size=4, query_size=2, episode_stride=2),
+              replay_cfg=ReplayConfig(memory_capacity=10, memory_policy="task", memory_query=3),
+              reg_cfg=RegularizerConfig(reg, 10.0))
     g = torch.Generator().manual_seed(1)
     recs = [(f"t{i // 20}", torch.randn(4, generator=g), i % 3) for i in range(80)]
-    a = OnlineMetaLearner(**kw)
+    a = OnlineMetaLearner(ModelConfig(4, 3, (8,)), **kw)
     for t, x, y in recs[:50]:
         a.predict(t, x)
         a.learn(t, x, y)
     assert a.reg.boundaries == 2 and a.reg.importance is not None and len(a.memory) == 10
     buf = io.BytesIO()  # through bytes, as a checkpoint does (the optimiser's state is live otherwise)
     torch.save(a.state_dict(), buf)
-    b = OnlineMetaLearner(**kw)
+    b = OnlineMetaLearner(ModelConfig(4, 3, (8,)), **kw)
     b.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     for t, x, y in recs[50:]:
         assert a.predict(t, x) == b.predict(t, x)

@@ -13,10 +13,10 @@ Two accuracy matrices are kept for a meta-learner:
 
 >>> import numpy as np, torch
 >>> from stream_meta.data.datasets import make_tasks
->>> from stream_meta.learn.learner import OnlineSGDLearner
+>>> from stream_meta.learn.config import ModelConfig
 >>> torch.set_num_threads(1)
 >>> tasks = make_tasks("digits-split", n_tasks=2, per_task=20, test_per_task=10)
->>> r = run_protocol(OnlineSGDLearner(input_dim=64, num_classes=10, hidden=(8,)), tasks)
+>>> r = run_protocol(OnlineSGDLearner(ModelConfig(64, 10, (8,))), tasks)
 >>> len(r.matrix), r.matrix_adapted is None, r.records
 (2, True, 40)
 """
@@ -33,6 +33,7 @@ import torch
 
 from stream_meta.data.datasets import Task
 from stream_meta.bench.continual.metrics import cl_metrics
+from stream_meta.learn.learner import OnlineMetaLearner, OnlineSGDLearner
 from stream_meta.meta.mlp_sgd import mlp_forward
 from stream_meta.daemon.stats import POSITION_BUCKETS, position_bucket
 
@@ -68,7 +69,7 @@ def evaluate(learner, tasks: Sequence[Task], recent: dict[str, deque]) -> tuple[
     """Accuracy per task with the meta-parameters, and with per-task adapted fast weights."""
     tests = [(torch.from_numpy(t.test_x), torch.from_numpy(t.test_y)) for t in tasks]
     meta = [_accuracy(mlp_forward(learner.model, learner.params, x), y) for x, y in tests]
-    if getattr(learner, "inner_steps", 0) == 0:
+    if not isinstance(learner, OnlineMetaLearner) or learner.inner_cfg.steps == 0:
         return meta, None
     adapted = []
     for task, (x, y) in zip(tasks, tests):
@@ -78,18 +79,18 @@ def evaluate(learner, tasks: Sequence[Task], recent: dict[str, deque]) -> tuple[
             continue
         wx = torch.stack([r[0] for r in seen])
         wy = torch.tensor([r[1] for r in seen], dtype=torch.long)
-        fast = learner._adapt(learner.params, (wx, wy), learner.inner_steps)
+        fast = learner._adapt(learner.params, (wx, wy), learner.inner_cfg.steps)
         adapted.append(_accuracy(mlp_forward(learner.model, fast, x), y))
     return meta, adapted
 
 
-def run_protocol(learner, tasks: Sequence[Task], *, progress: Progress | None = None) -> ProtocolResult:
+def run_protocol(learner: OnlineMetaLearner | OnlineSGDLearner, tasks: Sequence[Task], *, progress: Progress | None = None) -> ProtocolResult:
     """Streams ``tasks`` through ``learner`` (predict, then learn, per record) and
     evaluates every task after each one. ``learner`` is an ``OnlineMetaLearner`` or
-    ``OnlineSGDLearner`` (anything with ``predict``, ``learn``, ``model`` and ``params``)."""
+    ``OnlineSGDLearner``."""
     matrix: list[list[float]] = []
     adapted_rows: list[list[float]] | None = []
-    size = _window(learner) if hasattr(learner, "episodes") else 1
+    size = _window(learner) if isinstance(learner, OnlineMetaLearner) else 1
     recent: dict[str, deque] = {}
     hits = {b: [0, 0] for b, _, _ in POSITION_BUCKETS}
     correct = records = 0

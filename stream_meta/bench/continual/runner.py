@@ -8,6 +8,7 @@ per method; a worker writes its result JSON to ``spec["out"]`` and progress line
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -18,27 +19,31 @@ import numpy as np
 import torch
 
 from stream_meta.data.datasets import Task
+from stream_meta.learn.config import InnerLoopConfig, MetaStepConfig, ModelConfig, RegularizerConfig, ReplayConfig
 from stream_meta.bench.continual.metrics import peak_rss_mb
 
-# stream-meta learners the bench knows: name -> OnlineMetaLearner arguments ("sgd": the baseline).
+# stream-meta learners the bench knows: name -> OnlineMetaLearner's configuration groups
+# ("sgd": the baseline). Groups left out take their defaults, as in the daemon.
+_ER = ReplayConfig(memory_capacity=200, memory_policy="reservoir", memory_query=10)
+_ER_TASK = ReplayConfig(memory_capacity=200, memory_policy="task", memory_query=10)
+_REPTILE = InnerLoopConfig(algorithm="reptile")
 LEARNERS: dict[str, dict] = {
     "sgd": {},
     "fomaml": {},
-    "fomaml+er": dict(memory_capacity=200, memory_policy="reservoir", memory_query=10),
-    "fomaml+er-task": dict(memory_capacity=200, memory_policy="task", memory_query=10),
-    "fomaml+er+ewc": dict(memory_capacity=200, memory_query=10, regularizer="ewc", reg_strength=10.0, reg_decay=0.9),
-    "fomaml+er+si": dict(memory_capacity=200, memory_query=10, regularizer="si", reg_strength=1.0),
-    "fomaml+er+mas": dict(memory_capacity=200, memory_query=10, regularizer="mas", reg_strength=1.0),
-    "fomaml+ewc": dict(regularizer="ewc", reg_strength=10.0, reg_decay=0.9),
+    "fomaml+er": dict(replay_cfg=_ER),
+    "fomaml+er-task": dict(replay_cfg=_ER_TASK),
+    "fomaml+er+ewc": dict(replay_cfg=_ER, reg_cfg=RegularizerConfig("ewc", 10.0, 0.9)),
+    "fomaml+er+si": dict(replay_cfg=_ER, reg_cfg=RegularizerConfig("si", 1.0)),
+    "fomaml+er+mas": dict(replay_cfg=_ER, reg_cfg=RegularizerConfig("mas", 1.0)),
+    "fomaml+ewc": dict(reg_cfg=RegularizerConfig("ewc", 10.0, 0.9)),
     # Reptile moves the meta-parameters toward fast weights adapted on support + replayed
     # records: MER's recipe, and the meta-parameters alone then hold every task.
-    "reptile": dict(algorithm="reptile"),
-    "reptile+er": dict(algorithm="reptile", memory_capacity=200, memory_policy="task", memory_query=10),
+    "reptile": dict(inner_cfg=_REPTILE),
+    "reptile+er": dict(inner_cfg=_REPTILE, replay_cfg=_ER_TASK),
     # Tuned on MNIST Permutations 5 x 1000: smaller meta steps, more replayed episodes.
-    "reptile+er-tuned": dict(algorithm="reptile", memory_capacity=200, memory_policy="task", memory_query=10,
-                             meta_lr=5e-3, replay_per_update=6),
-    "reptile+er+ewc": dict(algorithm="reptile", memory_capacity=200, memory_policy="task", memory_query=10,
-                           regularizer="ewc", reg_strength=1.0, reg_decay=0.9),
+    "reptile+er-tuned": dict(inner_cfg=_REPTILE, replay_cfg=_ER_TASK,
+                             meta_cfg=MetaStepConfig(meta_lr=5e-3, replay_per_update=6)),
+    "reptile+er+ewc": dict(inner_cfg=_REPTILE, replay_cfg=_ER_TASK, reg_cfg=RegularizerConfig("ewc", 1.0, 0.9)),
 }
 
 
@@ -58,14 +63,22 @@ def load_tasks(path: str) -> list[Task]:
 
 
 def build(method: str, input_dim: int, num_classes: int, seed: int, overrides: dict | None = None):
+    """``overrides`` maps a group's name to fields replaced in it, e.g.
+    ``{"meta_cfg": {"meta_lr": 5e-3}}`` (JSON in a worker's spec)."""
     from stream_meta.learn.learner import OnlineMetaLearner, OnlineSGDLearner
 
     if method not in LEARNERS:
         raise ValueError(f"unknown stream-meta learner {method!r}; choose from {sorted(LEARNERS)}")
+    model_cfg = ModelConfig(input_dim, num_classes)
     if method == "sgd":
-        return OnlineSGDLearner(input_dim=input_dim, num_classes=num_classes, lr=0.1, seed=seed)
-    kw = {**LEARNERS[method], **(overrides or {})}
-    return OnlineMetaLearner(input_dim=input_dim, num_classes=num_classes, seed=seed, **kw)
+        return OnlineSGDLearner(model_cfg, lr=0.1, seed=seed)
+    groups = {"inner_cfg": InnerLoopConfig(), "meta_cfg": MetaStepConfig(), "replay_cfg": ReplayConfig(),
+              "reg_cfg": RegularizerConfig(), **LEARNERS[method]}
+    for name, fields in (overrides or {}).items():
+        if name not in groups:
+            raise ValueError(f"unknown group {name!r} in overrides; choose from {sorted(groups)}")
+        groups[name] = dataclasses.replace(groups[name], **fields)
+    return OnlineMetaLearner(model_cfg, seed=seed, **groups)
 
 
 def plain_sgd_records_per_second(tasks: Sequence[Task], minibatch: int, limit: int = 10_000, seed: int = 0) -> float:

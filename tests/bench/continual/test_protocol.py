@@ -5,17 +5,19 @@ import torch
 
 from stream_meta.data.datasets import make_tasks
 from stream_meta.bench.continual.protocol import run_protocol
+from stream_meta.learn.config import InnerLoopConfig, MetaStepConfig, ModelConfig, ReplayConfig
 from stream_meta.learn.learner import OnlineMetaLearner
 
-KW = dict(input_dim=64, num_classes=10, hidden=(32,), support_size=10, query_size=5, episode_stride=5, inner_steps=2)
+KW = dict(inner_cfg=InnerLoopConfig(steps=2), meta_cfg=MetaStepConfig(support_size=10, query_size=5, episode_stride=5))
+MODEL = ModelConfig(64, 10, (32,))
 
 
 def test_replay_forgets_less_than_no_replay_on_digits_split(one_thread):
     # Split digits (2 new classes per task): the meta-parameters of a plain learner
     # lose the earlier classes; record replay in the meta-updates keeps them.
     tasks = make_tasks("digits-split", n_tasks=5, per_task=100, test_per_task=60)
-    plain = run_protocol(OnlineMetaLearner(**KW), tasks)
-    replay = run_protocol(OnlineMetaLearner(memory_capacity=100, memory_query=10, **KW), tasks)
+    plain = run_protocol(OnlineMetaLearner(MODEL, **KW), tasks)
+    replay = run_protocol(OnlineMetaLearner(MODEL, replay_cfg=ReplayConfig(memory_capacity=100, memory_query=10), **KW), tasks)
     p, r = plain.summary(), replay.summary()
     assert r["forgetting"] < p["forgetting"] - 0.1, (p, r)
     assert r["bti"] > p["bti"] + 0.1 and r["ra"] > p["ra"] + 0.2
