@@ -21,6 +21,7 @@ from stream_meta.errors import RecordError
 
 DEFAULT_TASK = "default"
 MAX_TASK_ID_CHARS = 256
+FLOAT32_MAX = 3.4028234663852886e38
 
 # Every reason a record can be rejected for; pre-initialised as metric labels.
 REASONS: tuple[str, ...] = (
@@ -116,6 +117,8 @@ class Decoder:
                 raise RecordError("x_not_finite", f"x[{i}] overflows a float") from None
             if not math.isfinite(f):
                 raise RecordError("x_not_finite", f"x[{i}]={v}")
+            if abs(f) > FLOAT32_MAX:  # learned in float32: it would become infinity there
+                raise RecordError("x_not_finite", f"x[{i}]={v} overflows float32")
             out.append(f)
         return tuple(out)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -81,6 +82,10 @@ class Learner(Protocol):
     def learn(self, task: str, x: torch.Tensor, y: int) -> LearnReport: ...
 
     def health(self) -> LearnerHealth: ...
+
+    def predict_batch(self, tasks: Sequence[str], x: torch.Tensor) -> torch.Tensor: ...
+
+    def learn_batch(self, tasks: Sequence[str], x: torch.Tensor, y: torch.Tensor) -> LearnReport: ...
 
     def state_dict(self) -> dict: ...
 
@@ -179,29 +184,64 @@ class OnlineMetaLearner:
     def predict(self, task: str, x: torch.Tensor) -> int:
         return int(self.logits(task, x).argmax())
 
+    @torch.no_grad()
+    def predict_batch(self, tasks: Sequence[str], x: torch.Tensor) -> torch.Tensor:
+        """Labels for the rows of ``x`` [n, d], row ``i`` with ``tasks[i]``'s fast weights:
+        one forward pass per task in the batch."""
+        out = torch.empty(len(tasks), dtype=torch.long)
+        for task, rows in _rows_by_task(tasks).items():
+            logits = mlp_forward(self.model, self.fast_weights(task), x[rows])
+            if not bool(torch.isfinite(logits).all()):
+                self._fast.pop(task, None)  # diverged fast weights: fall back to the meta-parameters
+                logits = mlp_forward(self.model, self.params, x[rows])
+            out[rows] = logits.argmax(1)
+        return out
+
     # -- learning -------------------------------------------------------------
     def learn(self, task: str, x: torch.Tensor, y: int) -> LearnReport:
+        return self.learn_batch([task], x.unsqueeze(0), torch.tensor([y]))
+
+    def learn_batch(self, tasks: Sequence[str], x: torch.Tensor, y: torch.Tensor) -> LearnReport:
+        """Learns labelled rows ``x`` [n, d], ``y`` [n] of ``tasks`` together.
+
+        Every row joins its task's window; each task that completed an episode gets one
+        meta-update, on its newest episode (with replayed episodes and memory records),
+        and every completed episode is offered to the replay memory; cached fast weights
+        take one inner step on their grown window. One row is exactly :meth:`learn`.
+        """
         report = LearnReport()
-        if self.probe is not None:
-            if self.probe.offer(task, x, y):
-                return report  # held out: a probe record is never learned from
-            self._since_probe += 1
-            if self._since_probe >= self.probe_cfg.every:
-                self._since_probe = 0
-                self.retained_accuracy, self.forgetting = self.probe.evaluate(self._probe_predict, task)
-        if task != self._last_task:
-            if self._last_task is not None:
-                self._task_boundary(self._last_task)
-            self._last_task = task
-        for episode in self.episodes.add(task, x, y):
-            self._meta_update(episode, report)
-            self.replay.add(episode, self._rng)
-        fast = self._fast.get(task)
-        if fast is not None and self.inner_cfg.steps > 0:
+        newest: dict[str, list[Episode]] = {}
+        kept: list[int] = []
+        for i, task in enumerate(tasks):
+            xi, yi = x[i], int(y[i])
+            if self.probe is not None:
+                if self.probe.offer(task, xi, yi):
+                    continue  # held out: a probe record is never learned from
+                self._since_probe += 1
+                if self._since_probe >= self.probe_cfg.every:
+                    self._since_probe = 0
+                    self.retained_accuracy, self.forgetting = self.probe.evaluate(self._probe_predict, task)
+            if task != self._last_task:
+                if self._last_task is not None:
+                    self._task_boundary(self._last_task)
+                self._last_task = task
+            kept.append(i)
+            episodes = self.episodes.add(task, xi, yi)
+            if episodes:
+                newest.setdefault(task, []).extend(episodes)
+        for task, episodes in newest.items():
+            self._meta_update(episodes[-1], report)
+            for episode in episodes:
+                self.replay.add(episode, self._rng)
+        if self.inner_cfg.steps > 0:
             # One more inner step on the grown window keeps the cached fast weights
             # current at a fraction of re-adapting from the meta-parameters.
-            self._fast[task] = self._adapt(fast, self.episodes.window(task), 1)
-        self.memory.add(task, x, y, self._rng)
+            for task in dict.fromkeys(tasks[i] for i in kept):
+                fast = self._fast.get(task)
+                if fast is not None:
+                    self._fast[task] = self._adapt(fast, self.episodes.window(task), 1)
+        for i in kept:
+            self.memory.add(tasks[i], x[i], int(y[i]), self._rng)
         return report
 
     @torch.no_grad()
@@ -331,11 +371,19 @@ class OnlineSGDLearner:
 
     @torch.no_grad()
     def predict(self, task: str, x: torch.Tensor) -> int:
-        return int(functional_call(self.model, self.params, (x.unsqueeze(0),))[0].argmax())
+        return int(self.predict_batch([task], x.unsqueeze(0))[0])
+
+    @torch.no_grad()
+    def predict_batch(self, tasks: Sequence[str], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, self.params, (x,)).argmax(1)
 
     def learn(self, task: str, x: torch.Tensor, y: int) -> LearnReport:
-        out = functional_call(self.model, self.params, (x.unsqueeze(0),))
-        loss = torch.nn.functional.cross_entropy(out, torch.tensor([y]))
+        return self.learn_batch([task], x.unsqueeze(0), torch.tensor([y]))
+
+    def learn_batch(self, tasks: Sequence[str], x: torch.Tensor, y: torch.Tensor) -> LearnReport:
+        """One SGD step on the batch's mean loss (one step per record at batch size 1)."""
+        out = functional_call(self.model, self.params, (x,))
+        loss = torch.nn.functional.cross_entropy(out, y)
         if not torch.isfinite(loss):
             self.nonfinite_skips += 1
             return LearnReport(nonfinite_skips=1)
@@ -360,6 +408,13 @@ class OnlineSGDLearner:
 def build_algorithm(inner_cfg: InnerLoopConfig, meta_cfg: MetaStepConfig) -> GradientMetaAlgorithm:
     """The meta-algorithm ``inner_cfg`` names, with every option of both groups it takes."""
     return get_algorithm(inner_cfg.algorithm, clip_grad_norm=meta_cfg.clip_grad_norm, **inner_cfg.algorithm_options())
+
+
+def _rows_by_task(tasks: Sequence[str]) -> dict[str, list[int]]:
+    rows: dict[str, list[int]] = {}
+    for i, task in enumerate(tasks):
+        rows.setdefault(task, []).append(i)
+    return rows
 
 
 def learner_names() -> list[str]:
