@@ -299,6 +299,9 @@ class KafkaSink:
         except KafkaError as exc:
             self._failures.append(SendFailure(topic, _failure_reason(exc), str(exc), tag))
             return
+        except ValueError as exc:  # kafka-python checks topic names itself, e.g. "illegal character"
+            self._failures.append(SendFailure(topic, "refused", str(exc), tag))
+            return
         self._unavailable.pop(topic, None)
         self._pending.append((future, topic, tag))
 
@@ -326,6 +329,8 @@ class KafkaSink:
             except KafkaError as exc:
                 reason = "topic_missing" if isinstance(exc, kerr.KafkaTimeoutError) else _failure_reason(exc)
                 problems[topic] = f"{reason}: {exc}"
+            except ValueError as exc:  # an illegal topic name
+                problems[topic] = f"refused: {exc}"
         return problems
 
     def close(self) -> None:
