@@ -39,8 +39,8 @@ def connect(build: Callable[[int], T], bootstrap: str, timeout_s: float) -> T:
     while True:
         left = deadline - time.monotonic()
         try:
-            # Each attempt waits at most 5 s, so the retries are logged while the broker is away.
-            return build(int(max(0.5, min(left, 5.0)) * 1000))
+            # Short attempts (a third of what is left, 5 s at most), so retries show in the log.
+            return build(int(max(0.5, min(left / 3, 5.0)) * 1000))
         except KafkaError as exc:
             left = deadline - time.monotonic()
             if left <= 0:
