@@ -121,7 +121,7 @@ class Service:
                 backoff = 0.5
                 connected = self.source.connected()
                 self._set_ready(connected)
-                self._watch_connection(connected)
+                self._watch_connection(connected or bool(batch))  # records arriving: it answers
                 for raw in batch:
                     if self._stop.is_set() or self._limit_reached():
                         break
