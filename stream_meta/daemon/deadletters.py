@@ -61,18 +61,24 @@ class SinkFailures:
         self.policy = policy
         self._predictions_unlogged = 0
         self._predictions_logged_at = 0.0
+        self.fatal: DeadLetterError | None = None  # kept: a flush on the rebalance thread cannot raise to the loop
 
     def dead_letters(self, failures: list[SendFailure]) -> None:
         for f in failures:
             self.metrics.dead_letter_failures.labels(f.reason).inc()
             log.error("dead letter of %s not written to %s (%s): %s; dlq_failure_policy=%s",
                       f.tag, f.topic, f.reason, f.detail, self.policy)
-        if failures and self.policy == "fail":
+        if failures and self.policy == "fail" and self.fatal is None:
             f = failures[0]
-            raise DeadLetterError(
+            self.fatal = DeadLetterError(
                 f"dead letter of {f.tag} could not be written to {f.topic} ({f.reason}: {f.detail}); "
                 "stopping without committing past it (--dlq-failure-policy fail); fix the topic, or use skip"
             )
+        self.raise_if_fatal()
+
+    def raise_if_fatal(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
 
     def predictions(self, failures: list[SendFailure]) -> None:
         for f in failures:

@@ -230,6 +230,7 @@ class Service:
 
     def checkpoint(self, commit: bool = True) -> None:
         """Flush sinks, save state + offsets atomically, then commit the offsets."""
+        self.sink_failures.raise_if_fatal()
         started = time.perf_counter()
         now = time.monotonic()
         self.stats.elapsed_seconds += now - self._mark

@@ -118,3 +118,15 @@ def test_prediction_failures_never_stop_the_stream_even_under_fail(tmp_path):
     assert summary["records_learned"] == 119
     assert _failures(registry, "prediction_failures") == 119
     assert _failures(registry, "dead_letter_failures") == 0
+
+
+def test_a_failure_seen_off_the_loop_still_stops_the_next_checkpoint():
+    from stream_meta.daemon.deadletters import SinkFailures
+    from stream_meta.daemon.metrics import Metrics
+
+    failures = SinkFailures(Metrics(CollectorRegistry()), "fail")
+    with pytest.raises(DeadLetterError):  # e.g. raised in the rebalance callback, where nobody sees it
+        failures.dead_letters([SendFailure("t.dlq", "timeout", "x", "t[0]@5")])
+    with pytest.raises(DeadLetterError, match=r"t\[0\]@5"):
+        failures.raise_if_fatal()
+    SinkFailures(Metrics(CollectorRegistry()), "skip").dead_letters([SendFailure("t.dlq", "timeout", "x", "t[0]@5")])
