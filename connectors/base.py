@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 Offsets = dict[tuple[str, int], int]  # (topic, partition) -> next offset to consume
 
@@ -47,12 +47,36 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+# Why a destination refused a message: a bounded set (a Prometheus label).
+SEND_FAILURE_REASONS = ("too_large", "topic_missing", "not_authorized", "timeout", "refused")
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailure:
+    """A message the destination did not take; ``tag`` is what the caller gave to ``send``."""
+
+    topic: str
+    reason: str  # one of SEND_FAILURE_REASONS
+    detail: str
+    tag: Any = None
+
+
 class Sink(Protocol):
-    """Where predictions and dead letters go."""
+    """Where predictions and dead letters go.
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()) -> None: ...
+    A message the destination refuses never raises from ``send``: sends may be
+    asynchronous, so every failure, early or late, is returned by the next ``flush``.
+    """
 
-    def flush(self) -> None:
-        """Blocks until everything sent so far is durably delivered (or raises)."""
+    def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = (),
+        tag: Any = None,
+    ) -> None: ...
+
+    def flush(self) -> list[SendFailure]:
+        """Blocks until everything sent so far is delivered or has failed; returns the failures."""
+
+    def check_topics(self, topics: Sequence[str]) -> dict[str, str]:
+        """Topics this sink cannot write to (or have created), with the reason; empty if all are fine."""
 
     def close(self) -> None: ...

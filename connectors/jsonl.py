@@ -1,26 +1,35 @@
 """JSON-lines files as a source and a sink: one wire-format message per line.
 
 Used for batch runs and to benchmark the engine without a broker. The file is
-one partition; a record's offset is its 0-based line number.
+one partition; a record's offset is its 0-based line number. With ``follow``
+the source reads like ``tail -f``: at the end of the file a poll waits its
+timeout for more lines, and a last line without its newline is still being
+written, so it is read once complete.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from connectors.base import Offsets, RawRecord
+from connectors.base import Offsets, RawRecord, SendFailure
+
+FOLLOW_CHECK_S = 0.1  # how often a waiting poll looks for new lines
 
 
 class JsonlSource:
     """Reads ``path`` line by line, starting after the offset in ``start_offsets``."""
 
-    def __init__(self, path: Path | str, start_offsets: Offsets | None = None, max_records: int = 500) -> None:
+    def __init__(
+        self, path: Path | str, start_offsets: Offsets | None = None, max_records: int = 500, follow: bool = False
+    ) -> None:
         self.path = Path(path)
         self.topic = f"file:{self.path.name}"
         self.max_records = max_records
+        self.follow = follow
         self._file = open(self.path, "rb")
         self._next = 0
         start = (start_offsets or {}).get((self.topic, 0), 0)
@@ -29,9 +38,22 @@ class JsonlSource:
         self._eof = False
 
     def poll(self, timeout_s: float) -> list[RawRecord]:
+        deadline = time.monotonic() + timeout_s
+        out = self._read()
+        # Following: sleep (not spin) until lines arrive or the timeout is spent.
+        while self.follow and not out and time.monotonic() < deadline:
+            time.sleep(min(FOLLOW_CHECK_S, max(0.0, deadline - time.monotonic())))
+            out = self._read()
+        return out
+
+    def _read(self) -> list[RawRecord]:
         out = []
         while len(out) < self.max_records:
+            start = self._file.tell()
             line = self._file.readline()
+            if self.follow and line and not line.endswith(b"\n"):
+                self._file.seek(start)  # a line still being written: read it whole later
+                line = b""
             if not line:
                 self._eof = True
                 break
@@ -64,17 +86,25 @@ class JsonlSink:
     def __init__(self, path: Path | str) -> None:
         self._file = open(path, "ab")
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()) -> None:
+    def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = (),
+        tag: Any = None,
+    ) -> None:
         entry = {
             "topic": topic,
+            "key": None if key is None else key.decode("utf-8", errors="replace"),
             "value": value.decode("utf-8", errors="replace"),
             "headers": {k: v.decode("utf-8", errors="replace") for k, v in headers},
         }
         self._file.write(json.dumps(entry).encode() + b"\n")
 
-    def flush(self) -> None:
-        self._file.flush()
+    def flush(self) -> list[SendFailure]:
+        self._file.flush()  # a write error raises: a full disk is not a refused message
         os.fsync(self._file.fileno())
+        return []
+
+    def check_topics(self, topics: Sequence[str]) -> dict[str, str]:
+        return {}  # every "topic" is this one file
 
     def close(self) -> None:
         self._file.close()

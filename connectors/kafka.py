@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Sequence
+import time
+from typing import Any, Callable, Sequence, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka import errors as kerr
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from connectors.base import Offsets, RawRecord
+from connectors.base import Offsets, RawRecord, SendFailure
 from stream_meta.errors import StreamMetaError
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,30 @@ log = logging.getLogger(__name__)
 
 class ConnectorError(StreamMetaError):
     """The broker could not be reached or refused an operation (retryable)."""
+
+
+T = TypeVar("T")
+
+
+def connect(build: Callable[[int], T], bootstrap: str, timeout_s: float) -> T:
+    """``build(bootstrap_timeout_ms)`` retried with backoff until it reaches the cluster or
+    ``timeout_s`` is spent; then a :class:`ConnectorError` naming the cause."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            # Short attempts (a third of what is left, 5 s at most), so retries show in the log.
+            return build(int(max(0.5, min(left / 3, 5.0)) * 1000))
+        except KafkaError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConnectorError(
+                    f"cannot connect to Kafka at {bootstrap} within {timeout_s:g}s (--connect-timeout-s): {exc}"
+                ) from exc
+            log.warning("Kafka at %s not reachable (%s); retrying in %.1fs", bootstrap, exc, min(delay, left))
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 10.0)
 
 
 class _Rebalance(AsyncConsumerRebalanceListener):
@@ -72,23 +98,28 @@ class KafkaSource:
         on_revoke: Callable[[], Offsets] | None = None,
         max_poll_records: int = 500,
         client_options: dict[str, Any] | None = None,
+        connect_timeout_s: float = 60.0,
     ) -> None:
         self.topic = topic
         self.on_revoke = on_revoke
         self._start = dict(start_offsets or {})
         self._targets: dict[TopicPartition, int] | None = None
         self._session_timeout_s = (client_options or {}).get("session_timeout_ms", 10000) / 1000
-        try:
-            self._consumer = KafkaConsumer(
+        # Fetch sizes stay kafka-python's defaults: max_partition_fetch_bytes is a soft limit
+        # (KIP-74, the broker returns a first batch larger than it), so records of any size the
+        # topic accepts come through and the decoder rejects the oversized ones.
+        self._consumer = connect(
+            lambda bootstrap_ms: KafkaConsumer(
                 bootstrap_servers=bootstrap.split(","),
                 group_id=group,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_poll_records=max_poll_records,
+                bootstrap_timeout_ms=bootstrap_ms,
                 **(client_options or {}),
-            )
-        except KafkaError as exc:
-            raise ConnectorError(f"cannot connect to Kafka at {bootstrap}: {exc}") from exc
+            ),
+            bootstrap, connect_timeout_s,
+        )
         self._consumer.subscribe([topic], listener=_Rebalance(self))
 
     def _assigned(self, partitions: list[TopicPartition]) -> None:
@@ -207,31 +238,109 @@ class KafkaSource:
         self._consumer.close(autocommit=False)
 
 
+def _failure_reason(exc: BaseException) -> str:
+    """The bounded reason (SEND_FAILURE_REASONS) for a refused or failed send."""
+    if isinstance(exc, (kerr.MessageSizeTooLargeError, kerr.RecordListTooLargeError)):
+        return "too_large"
+    if isinstance(exc, kerr.AuthorizationError):
+        return "not_authorized"
+    if isinstance(exc, (kerr.UnknownTopicOrPartitionError, kerr.InvalidTopicError)):
+        return "topic_missing"
+    if isinstance(exc, (kerr.KafkaTimeoutError, kerr.RequestTimedOutError)):
+        return "timeout"
+    return "refused"
+
+
 class KafkaSink:
-    """Produces with ``acks=all``; :meth:`flush` raises if any send failed."""
+    """Produces with ``acks=all``. A send the cluster refuses, at once or later on its
+    future, is returned by the next :meth:`flush` as a :class:`SendFailure`, never raised.
 
-    def __init__(self, *, bootstrap: str, client_options: dict[str, Any] | None = None) -> None:
+    A topic whose metadata cannot be had (missing with auto-create off, or the broker away)
+    fails sends at once for ``recheck_s`` instead of blocking each one for ``max_block_ms``.
+    """
+
+    def __init__(
+        self, *, bootstrap: str, client_options: dict[str, Any] | None = None, max_request_size: int = 1 << 20,
+        connect_timeout_s: float = 60.0, recheck_s: float = 60.0,
+    ) -> None:
+        opts = dict(client_options or {})
+        # A send waits this long at most for a topic's metadata (default: 60 s per record).
+        opts.setdefault("max_block_ms", min(int(opts.get("request_timeout_ms", 30000)), 10000))
+        self._producer = connect(
+            lambda bootstrap_ms: KafkaProducer(
+                bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5, max_request_size=max_request_size,
+                bootstrap_timeout_ms=bootstrap_ms, **opts,
+            ),
+            bootstrap, connect_timeout_s,
+        )
+        self.max_request_size = max_request_size
+        self.recheck_s = recheck_s
+        self._pending: list[tuple[Any, str, Any]] = []
+        self._failures: list[SendFailure] = []
+        self._unavailable: dict[str, float] = {}  # topic -> monotonic time its sends fail fast until
+
+    def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = (),
+        tag: Any = None,
+    ) -> None:
+        until = self._unavailable.get(topic)
+        if until is not None and time.monotonic() < until:
+            self._failures.append(SendFailure(topic, "topic_missing", "no metadata for the topic (rechecked "
+                                              f"every {self.recheck_s:g}s)", tag))
+            return
         try:
-            self._producer = KafkaProducer(
-                bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5, **(client_options or {})
-            )
+            future = self._producer.send(topic, value=value, key=key, headers=list(headers))
+        except kerr.KafkaTimeoutError as exc:
+            # Raised before sending: no metadata for the topic within max_block_ms.
+            self._unavailable[topic] = time.monotonic() + self.recheck_s
+            self._failures.append(SendFailure(topic, "topic_missing", f"{exc} (missing topic with auto-create "
+                                              "off, or the broker unreachable)", tag))
+            return
         except KafkaError as exc:
-            raise ConnectorError(f"cannot connect to Kafka at {bootstrap}: {exc}") from exc
-        self._pending: list = []
+            self._failures.append(SendFailure(topic, _failure_reason(exc), str(exc), tag))
+            return
+        except ValueError as exc:  # kafka-python checks topic names itself, e.g. "illegal character"
+            self._failures.append(SendFailure(topic, "refused", str(exc), tag))
+            return
+        self._unavailable.pop(topic, None)
+        self._pending.append((future, topic, tag))
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()) -> None:
-        self._pending.append(self._producer.send(topic, value=value, key=key, headers=list(headers)))
-
-    def flush(self) -> None:
+    def flush(self) -> list[SendFailure]:
         pending, self._pending = self._pending, []
-        self._producer.flush()
-        failed = [f for f in pending if f.failed()]
-        if failed:
-            # The caller must not checkpoint or commit past these records; a restart replays them.
-            raise ConnectorError(f"{len(failed)} sends failed, first: {failed[0].exception}")
+        failures, self._failures = self._failures, []
+        try:
+            self._producer.flush()
+        except KafkaError as exc:  # the futures below say which sends it concerns
+            log.warning("producer flush: %s", exc)
+        for future, topic, tag in pending:
+            if not future.is_done:
+                failures.append(SendFailure(topic, "timeout", "not delivered when the flush returned", tag))
+            elif future.failed():
+                failures.append(SendFailure(topic, _failure_reason(future.exception), str(future.exception), tag))
+        return failures
+
+    def check_topics(self, topics: Sequence[str]) -> dict[str, str]:
+        """Asks for each topic's metadata, which creates it where the broker auto-creates topics."""
+        problems = {}
+        for topic in topics:
+            try:
+                if not self._producer.partitions_for(topic):
+                    problems[topic] = "topic_missing: no partitions"
+            except KafkaError as exc:
+                reason = "topic_missing" if isinstance(exc, kerr.KafkaTimeoutError) else _failure_reason(exc)
+                problems[topic] = f"{reason}: {exc}"
+            except ValueError as exc:  # an illegal topic name
+                problems[topic] = f"refused: {exc}"
+        return problems
 
     def close(self) -> None:
         self._producer.close()
+
+
+def raise_failures(failures: list[SendFailure]) -> None:
+    """For producers that must not lose a message (``produce``, the demo): a failure is an error."""
+    if failures:
+        raise ConnectorError(f"{len(failures)} sends failed, first: {failures[0].reason}: {failures[0].detail}")
 
 
 def client_options(cfg) -> dict[str, Any]:

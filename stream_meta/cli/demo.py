@@ -35,7 +35,7 @@ BAD_MESSAGES = [
 def _publish(bootstrap: str, topic: str, dataset: str, limit: int | None, seed: int, bad_every: int,
              stop: threading.Event | None = None, forever: bool = False) -> int:
     from stream_meta.data.datasets import stream
-    from connectors.kafka import KafkaSink
+    from connectors.kafka import KafkaSink, raise_failures
     from stream_meta.daemon.records import encode
 
     sink = KafkaSink(bootstrap=bootstrap)
@@ -50,7 +50,7 @@ def _publish(bootstrap: str, topic: str, dataset: str, limit: int | None, seed: 
                 bad += 1
             if stop is not None and stop.is_set():
                 break
-        sink.flush()
+        raise_failures(sink.flush())
         rounds += 1
         if not forever or (stop is not None and stop.is_set()):
             break

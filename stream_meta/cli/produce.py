@@ -7,7 +7,7 @@ import argparse
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from stream_meta.data.datasets import stream
-    from connectors.kafka import KafkaSink
+    from connectors.kafka import KafkaSink, raise_failures
     from stream_meta.daemon.records import encode
 
     sink = KafkaSink(bootstrap=args.bootstrap)
@@ -17,8 +17,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
         sink.send(args.topic, encode(rec["x"], rec["y"], rec["task"], rec["id"]))
         n += 1
         if n % 5000 == 0:
-            sink.flush()
-    sink.flush()
+            raise_failures(sink.flush())
+    raise_failures(sink.flush())
     sink.close()
     print(f"published {n} records of {args.dataset} to {args.topic}")
     return 0

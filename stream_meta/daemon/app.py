@@ -42,7 +42,7 @@ def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:
         from connectors.jsonl import JsonlSink, JsonlSource
 
         def open_source(offsets: Offsets, on_revoke) -> Source:
-            return JsonlSource(cfg.input_file, offsets, cfg.max_poll_records)
+            return JsonlSource(cfg.input_file, offsets, cfg.max_poll_records, follow=not cfg.stop_at_end)
 
         out_dir = cfg.checkpoint_dir
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -56,7 +56,7 @@ def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:
         def open_source(offsets: Offsets, on_revoke) -> Source:
             return KafkaSource(
                 bootstrap=cfg.bootstrap, topic=cfg.topic, group=cfg.group, start_offsets=offsets,
-                on_revoke=on_revoke, max_poll_records=cfg.max_poll_records,
+                on_revoke=on_revoke, max_poll_records=cfg.max_poll_records, connect_timeout_s=cfg.connect_timeout_s,
                 client_options={
                     **options,
                     "session_timeout_ms": cfg.session_timeout_ms,
@@ -64,7 +64,8 @@ def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:
                 },
             )
 
-        dlq = KafkaSink(bootstrap=cfg.bootstrap, client_options=options)
+        dlq = KafkaSink(bootstrap=cfg.bootstrap, client_options=options, max_request_size=cfg.dlq_max_message_bytes,
+                        connect_timeout_s=cfg.connect_timeout_s)
         predictions = dlq if cfg.predictions_topic else None
     return Service(
         cfg=cfg,

@@ -42,11 +42,19 @@ class RunConfig(BaseModel):
     input_file: Path | None = Field(None, description="read wire-format JSON lines from this file instead of Kafka")
     dlq_topic: str | None = Field(None, description="dead-letter topic (default: <topic>.dlq)")
     predictions_topic: str | None = Field(None, description="publish one prediction per record here (optional)")
+    dlq_failure_policy: Literal["skip", "fail"] = Field(
+        "skip", description="when a dead letter cannot be written (topic missing, not authorised, refused): "
+        "skip = count, log and go on; fail = exit with code 2, offsets not committed past the record")
+    dlq_max_message_bytes: int = Field(1 << 20, ge=1 << 16, description="largest message sent to the dead-letter "
+                                       "and predictions topics (producer max_request_size); a longer dead letter is "
+                                       "truncated to its first dlq_max_message_bytes - 16 KiB - key bytes")
     max_message_bytes: int = Field(1 << 20, ge=64, description="larger messages are rejected as too_large")
     poll_timeout_ms: int = Field(500, ge=1, description="how long one poll waits for records")
     max_poll_records: int = Field(500, ge=1, description="records fetched per poll at most")
     session_timeout_ms: int = Field(10000, ge=1000, description="consumer-group session timeout")
     request_timeout_ms: int = Field(30000, ge=1000, description="Kafka client request timeout")
+    connect_timeout_s: float = Field(60.0, gt=0, description="at start-up, retry an unreachable broker with "
+                                     "backoff this long, then exit with code 2")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = Field(None, description="e.g. PLAIN, SCRAM-SHA-512")
     sasl_username: str | None = None

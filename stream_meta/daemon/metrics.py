@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from connectors.base import SEND_FAILURE_REASONS
 from stream_meta import __version__
 from stream_meta.daemon.records import REASONS
 from stream_meta.daemon.stats import POSITION_BUCKETS
@@ -152,6 +153,22 @@ class Metrics:
         )
         self.source_errors = Counter(
             "source_errors", "Errors talking to the source or sinks (retried)", namespace=NS, registry=r
+        )
+        # Messages a sink did not take, by SEND_FAILURE_REASONS; the stream goes on (--dlq-failure-policy).
+        self.dead_letter_failures = Counter(
+            "dead_letter_failures", "Dead letters the dead-letter topic did not take, by reason", ["reason"],
+            namespace=NS, registry=r,
+        )
+        self.prediction_failures = Counter(
+            "prediction_failures", "Predictions the predictions topic did not take, by reason", ["reason"],
+            namespace=NS, registry=r,
+        )
+        for reason in SEND_FAILURE_REASONS:
+            self.dead_letter_failures.labels(reason)
+            self.prediction_failures.labels(reason)
+        self.dead_letters_truncated = Counter(
+            "dead_letters_truncated", "Dead letters sent truncated (header stream_meta.truncated)",
+            namespace=NS, registry=r,
         )
         self.offset_rewinds = Counter(
             "offset_rewinds", "Records found below the checkpointed offset (log truncated or recreated)",

@@ -18,9 +18,10 @@ from typing import Callable
 
 import torch
 
-from connectors.base import Offsets, RawRecord, Sink, Source
+from connectors.base import Offsets, RawRecord, SendFailure, Sink, Source
 from stream_meta.daemon.checkpoint import CheckpointStore
 from stream_meta.daemon.config import RunConfig
+from stream_meta.daemon.deadletters import SinkFailures, dead_letter
 from stream_meta.errors import RecordError, StreamMetaError
 
 
@@ -43,10 +44,12 @@ class Sinks:
     dlq: Sink
     predictions: Sink | None = None
 
-    def flush(self) -> None:
-        self.dlq.flush()
+    def flush(self) -> list[SendFailure]:
+        """Everything sent so far is out or failed; returns the failures."""
+        failures = self.dlq.flush()
         if self.predictions is not None and self.predictions is not self.dlq:
-            self.predictions.flush()
+            failures += self.predictions.flush()
+        return failures
 
     def close(self) -> None:
         for sink in {id(s): s for s in (self.dlq, self.predictions) if s is not None}.values():
@@ -78,6 +81,10 @@ class Service:
         self._last_record = time.monotonic()
         self._last_progress = 0.0
         self.source: Source | None = None
+        self.sink_failures = SinkFailures(self.metrics, self.cfg.dlq_failure_policy)
+        self._was_up = False  # an outage is only declared after the source was up once
+        self._down_since: float | None = None
+        self._outage = False
 
     # -- control ---------------------------------------------------------------
     def request_stop(self, reason: str = "") -> None:
@@ -94,10 +101,11 @@ class Service:
     # -- the loop --------------------------------------------------------------
     def run(self) -> dict:
         self._restore()
-        self.source = self.open_source(dict(self.offsets), self._on_revoke)
-        self._mark = time.monotonic()
-        backoff = 0.5
         try:
+            self._check_topics()
+            self.source = self.open_source(dict(self.offsets), self._on_revoke)
+            self._mark = time.monotonic()
+            backoff = 0.5
             while not self._stop.is_set():
                 self._heartbeat = time.monotonic()
                 try:
@@ -105,12 +113,15 @@ class Service:
                 except StreamMetaError as exc:
                     self._set_ready(False)
                     self.metrics.source_errors.inc()
+                    self._watch_connection(False, str(exc))
                     log.warning("source unavailable, retrying in %.1fs: %s", backoff, exc)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 30.0)
                     continue
                 backoff = 0.5
-                self._set_ready(self.source.connected())
+                connected = self.source.connected()
+                self._set_ready(connected)
+                self._watch_connection(connected or bool(batch))  # records arriving: it answers
                 for raw in batch:
                     if self._stop.is_set() or self._limit_reached():
                         break
@@ -131,7 +142,8 @@ class Service:
                 sys.stderr.write("\n")
         finally:
             self._set_ready(False)
-            self.source.close()
+            if self.source is not None:
+                self.source.close()
             self.sinks.close()
         return self.stats.summary()
 
@@ -186,18 +198,17 @@ class Service:
         self.stats.rejected_by_reason[exc.reason] += 1
         self.metrics.records_rejected.labels(exc.reason).inc()
         log.warning("rejected %s: %s", raw.where, exc)
-        headers = [
-            ("stream_meta.reason", exc.reason.encode()),
-            ("stream_meta.detail", exc.detail.encode("utf-8", errors="replace")[:1024]),
-            ("source.topic", raw.topic.encode()),
-            ("source.partition", str(raw.partition).encode()),
-            ("source.offset", str(raw.offset).encode()),
-        ]
-        self.sinks.dlq.send(self.cfg.dlq_topic, raw.value if raw.value is not None else b"", raw.key, headers)
+        key, value, headers, truncated = dead_letter(raw, exc, self.cfg.dlq_max_message_bytes)
+        if truncated is not None:
+            self.metrics.dead_letters_truncated.inc()
+            log.warning("dead letter of %s truncated from %d to %d bytes", raw.where, truncated, len(value))
+        # Refusals come back from the next flush (tagged with the record), never as an exception here.
+        self.sinks.dlq.send(self.cfg.dlq_topic, value, key, headers, tag=raw.where)
 
     def _emit_prediction(self, raw: RawRecord, record: Record, prediction: int) -> None:
         body = {"id": record.id, "task": record.task, "prediction": prediction, "source": raw.where}
-        self.sinks.predictions.send(self.cfg.predictions_topic, json.dumps(body).encode(), raw.key)
+        self.sinks.predictions.send(self.cfg.predictions_topic, json.dumps(body).encode(), raw.key,
+                                    tag=raw.where)
 
     def _count_learning(self, raw: RawRecord, report: LearnReport) -> None:
         self.stats.records_learned += 1
@@ -219,11 +230,16 @@ class Service:
 
     def checkpoint(self, commit: bool = True) -> None:
         """Flush sinks, save state + offsets atomically, then commit the offsets."""
+        self.sink_failures.raise_if_fatal()
         started = time.perf_counter()
         now = time.monotonic()
         self.stats.elapsed_seconds += now - self._mark
         self._mark = now
-        self.sinks.flush()  # dead letters and predictions are out before offsets move past them
+        # Dead letters and predictions are out (or counted as failed) before offsets move past
+        # them; under dlq_failure_policy=fail a failed dead letter raises here, before the save.
+        failures = self.sinks.flush()
+        self.sink_failures.predictions([f for f in failures if f.topic != self.cfg.dlq_topic])
+        self.sink_failures.dead_letters([f for f in failures if f.topic == self.cfg.dlq_topic])
         state = {"learner": self.learner.state_dict(), "stats": self.stats.state_dict()}
         health = self.learner.health()
         info = {
@@ -272,6 +288,35 @@ class Service:
         self.metrics.meta_updates.inc(self.stats.meta_updates)
         for reason, n in self.stats.rejected_by_reason.items():
             self.metrics.records_rejected.labels(reason).inc(n)
+
+    # -- sinks and source health ------------------------------------------------
+    def _check_topics(self) -> None:
+        dlq = self.sinks.dlq.check_topics([self.cfg.dlq_topic])
+        predictions = {}
+        if self.sinks.predictions is not None and self.cfg.predictions_topic:
+            predictions = self.sinks.predictions.check_topics([self.cfg.predictions_topic])
+        self.sink_failures.check_topics(dlq, predictions)
+
+    def _watch_connection(self, up: bool, cause: str = "") -> None:
+        """One log line (and one source error) when the source stops answering, one when it
+        is back. Not being connected counts as an outage once it lasts a session timeout
+        (a rebalance also leaves the consumer briefly without partitions)."""
+        now = time.monotonic()
+        if up:
+            if self._outage:
+                log.warning("source answering again after %.0fs", now - (self._down_since or now))
+            self._was_up, self._down_since, self._outage = True, None, False
+            return
+        if not self._was_up:
+            return  # not yet connected at start: the connect timeout covers that
+        if self._down_since is None:
+            self._down_since = now
+        if not self._outage and (cause or now - self._down_since >= self.cfg.session_timeout_ms / 1000):
+            self._outage = True
+            if not cause:  # a failed poll was counted where it failed
+                self.metrics.source_errors.inc()
+            log.error("source stopped answering%s; waiting for it (readiness is down meanwhile)",
+                      f" ({cause})" if cause else f" for {now - self._down_since:.0f}s")
 
     # -- helpers ---------------------------------------------------------------
     def _limit_reached(self) -> bool:
