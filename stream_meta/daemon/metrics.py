@@ -41,7 +41,6 @@ LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0
 
 REPLAY_MEMORIES = ("episodes", "records")
 # Why a record could not be written to the dead-letter topic; pre-initialised as labels.
-DEAD_LETTER_FAILURE_REASONS = ("too_large", "topic_missing", "not_authorized", "broker_refused", "other")
 
 class TaskAccuracy(Collector):
     """Per-task prequential accuracy over each task's last ``window`` labelled records.
@@ -134,12 +133,6 @@ class Metrics:
         )
         for reason in REASONS:
             self.records_rejected.labels(reason)
-        self.dead_letter_failures = Counter(
-            "dead_letter_failures", "Rejected records the dead-letter topic did not take, by reason",
-            ["reason"], namespace=NS, registry=r,
-        )
-        for reason in DEAD_LETTER_FAILURE_REASONS:
-            self.dead_letter_failures.labels(reason)
         self.predictions = Counter("predictions", "Predictions made (one per valid record)", namespace=NS, registry=r)
         self.records_per_second = Gauge(
             "records_per_second", "Records consumed per second over the last 10 s", namespace=NS, registry=r

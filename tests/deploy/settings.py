@@ -19,10 +19,9 @@ from stream_meta.daemon.config import ENV_PREFIX, RunConfig
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
-# RunConfig fields that issue #10's other branches are adding while this one adds the deploy
-# files that set them (--connect-timeout-s, --dlq-failure-policy). Allowed only while absent
-# from RunConfig; once merged they are checked like every other field. Delete after the merge.
-PENDING_FIELDS = frozenset({"connect_timeout_s", "dlq_failure_policy"})
+# RunConfig fields the deploy files may set before the daemon has them (none now: every
+# setting they use exists and is checked like every other field).
+PENDING_FIELDS: frozenset[str] = frozenset()
 # What the daemon uses when a pending field is not set (issue #10: "default 60").
 PENDING_DEFAULTS = {"connect_timeout_s": 60.0}
 
