@@ -29,9 +29,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from stream_meta.daemon.config import load_config
     from stream_meta.daemon.logs import setup_logging
 
-    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "fresh")}
     cfg = load_config(flags)
     setup_logging(cfg.log_format, cfg.log_level)
+    if getattr(args, "fresh", False):
+        from stream_meta.daemon.checkpoint import move_aside
+
+        moved = move_aside(cfg.checkpoint_dir)
+        if moved is not None:
+            log.warning("--fresh: moved %s aside to %s; starting over", cfg.checkpoint_dir, moved)
     summary = run_daemon(cfg)
     finish(summary, cfg.summary_json)
     return 0

@@ -7,6 +7,12 @@ offsets and the SHA-256 of the ``.pt`` file. Both are written to a temporary
 file, fsynced and renamed; the manifest goes last, so a checkpoint without a
 valid manifest never counts. Loading verifies the digest and falls back to the
 previous checkpoint when the newest is corrupt or truncated.
+
+A store given a ``fingerprint`` (the settings that fix the state's shapes and
+meaning: input_dim, num_classes, hidden, algorithm) writes it into each manifest
+as ``config`` and refuses, with :class:`CheckpointMismatchError`, a directory
+written with other values. Manifests without ``config`` (older stream-meta) are
+accepted; the learner's own load then catches state that does not fit.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from stream_meta.errors import CheckpointError, CheckpointVersionError
+from stream_meta.errors import CheckpointError, CheckpointMismatchError, CheckpointVersionError
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{9})\.json$")
@@ -57,12 +63,66 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def move_aside(directory: Path | str) -> Path | None:
+    """Renames ``directory`` to ``DIR.old-<UTC time>`` (never deletes it); None if it is absent."""
+    directory = Path(directory)
+    if not directory.exists():
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = directory.with_name(f"{directory.name}.old-{stamp}")
+    n = 1
+    while target.exists():  # two --fresh starts within one second
+        n += 1
+        target = directory.with_name(f"{directory.name}.old-{stamp}-{n}")
+    try:
+        directory.rename(target)
+    except OSError as exc:
+        raise CheckpointError(f"cannot move {directory} aside to {target}: {exc.strerror or exc}") from None
+    return target
+
+
 class CheckpointStore:
     """Keeps the last ``keep`` checkpoints in ``directory`` (created with mode 0700)."""
 
-    def __init__(self, directory: Path | str, keep: int = 3) -> None:
+    def __init__(self, directory: Path | str, keep: int = 3, fingerprint: dict | None = None) -> None:
         self.directory = Path(directory)
         self.keep = keep
+        # Round-tripped through JSON so tuples compare equal to the lists a manifest holds.
+        self.fingerprint = json.loads(json.dumps(fingerprint)) if fingerprint is not None else None
+
+    def prepare(self) -> None:
+        """Creates the directory (mode 0700) now, so a bad path fails at start-up, not at the first checkpoint."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            probe = self.directory / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot use checkpoint directory {self.directory}: {exc.strerror or exc}; "
+                "point --checkpoint-dir at a writable directory"
+            ) from None
+
+    def check_fingerprint(self, manifest: dict, where: Path | None = None) -> None:
+        """Raises :class:`CheckpointMismatchError` when ``manifest`` was written with other settings."""
+        stored = manifest.get("config")
+        if self.fingerprint is None or not isinstance(stored, dict):
+            return
+        diffs = [
+            f"{k} {_show(stored.get(k))} (now {_show(v)})" for k, v in self.fingerprint.items() if k in stored and stored[k] != v
+        ]
+        if diffs:
+            raise CheckpointMismatchError(
+                f"checkpoint directory {where or self.directory} was written with other settings: "
+                f"{', '.join(diffs)}; run with those settings, another --checkpoint-dir, or --fresh "
+                "(moves the directory aside and starts over)"
+            )
+
+    def verify(self) -> None:
+        """Checks the newest manifest against the fingerprint before anything is built on it."""
+        manifest = self.latest_manifest()
+        if manifest is not None:
+            self.check_fingerprint(manifest)
 
     def _seqs(self) -> list[int]:
         if not self.directory.is_dir():
@@ -71,7 +131,7 @@ class CheckpointStore:
 
     def save(self, state: dict, offsets: Offsets, info: dict | None = None) -> Path:
         """Writes one checkpoint; returns its manifest path."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.prepare()
         os.chmod(self.directory, 0o700)
         seqs = self._seqs()
         seq = (seqs[-1] + 1) if seqs else 1
@@ -88,6 +148,7 @@ class CheckpointStore:
             "sha256": hashlib.sha256(payload).hexdigest(),
             "bytes": len(payload),
             "offsets": flat_offsets,
+            **({"config": self.fingerprint} if self.fingerprint is not None else {}),
             **(info or {}),
         }
         man = self.directory / f"ckpt-{seq:09d}.json"
@@ -108,8 +169,9 @@ class CheckpointStore:
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise CheckpointVersionError(
                 f"{man_path}: written by checkpoint format {version}, this stream-meta reads up to "
-                f"{FORMAT_VERSION}; upgrade stream-meta or point --checkpoint-dir elsewhere"
+                f"{FORMAT_VERSION}; upgrade stream-meta, point --checkpoint-dir elsewhere or start over with --fresh"
             )
+        self.check_fingerprint(manifest)
         pt = self.directory / f"ckpt-{seq:09d}.pt"
         try:
             payload = pt.read_bytes()
@@ -133,7 +195,7 @@ class CheckpointStore:
         for seq in reversed(self._seqs()):
             try:
                 return self.load(seq)
-            except CheckpointVersionError:
+            except (CheckpointVersionError, CheckpointMismatchError):
                 raise
             except CheckpointError as exc:
                 log.error("skipping checkpoint %d: %s", seq, exc)
@@ -146,3 +208,10 @@ class CheckpointStore:
             except (OSError, ValueError):
                 continue
         return None
+
+
+def _show(v: object) -> str:
+    """``[100, 100]`` -> ``100,100`` (the flag's spelling); None -> ``unset``."""
+    if isinstance(v, list):
+        return ",".join(str(x) for x in v)
+    return "unset" if v is None else str(v)

@@ -21,7 +21,7 @@ import torch
 from connectors.base import Offsets, RawRecord, Sink, Source
 from stream_meta.daemon.checkpoint import CheckpointStore
 from stream_meta.daemon.config import RunConfig
-from stream_meta.errors import RecordError, StreamMetaError
+from stream_meta.errors import CheckpointMismatchError, RecordError, StreamMetaError
 
 
 class OffsetRewindError(StreamMetaError):
@@ -254,7 +254,16 @@ class Service:
         if ckpt is None:
             log.info("no checkpoint in %s: starting fresh", self.cfg.checkpoint_dir)
             return
-        self.learner.load_state_dict(ckpt.state["learner"])
+        try:
+            self.learner.load_state_dict(ckpt.state["learner"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            # Only a checkpoint without a config fingerprint (older stream-meta) gets this far
+            # with state of another shape; the store refuses a fingerprinted one earlier.
+            raise CheckpointMismatchError(
+                f"checkpoint {ckpt.seq} in {self.cfg.checkpoint_dir} does not fit this configuration "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'state mismatch'}); "
+                "run with the settings it was written with, another --checkpoint-dir, or --fresh"
+            ) from None
         self.stats.load_state_dict(ckpt.state["stats"])
         self.offsets = dict(ckpt.offsets)
         if "created" in ckpt.manifest:
