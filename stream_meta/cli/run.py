@@ -48,18 +48,29 @@ def run_daemon(cfg) -> dict:
     import torch
     from prometheus_client import CollectorRegistry
 
-    from stream_meta.daemon.app import build_service
+    from stream_meta.daemon.app import build_service, check_local_settings
     from stream_meta.daemon.http import HealthServer
 
     torch.set_num_threads(1 if cfg.deterministic else cfg.torch_threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    log.info("stream-meta %s starting with %s", __version__, json.dumps(cfg.masked(), sort_keys=True))
+    # Operator mistakes first (checkpoint directory, input file, metrics port and host), so each
+    # is the one line printed, before anything is logged, built or connected.
+    check_local_settings(cfg)
     registry = CollectorRegistry()
-    service = build_service(cfg, registry)
     server = None
     if cfg.metrics_port is not None:
-        server = HealthServer(registry, cfg.metrics_host, cfg.metrics_port, service.alive, service.ready).start()
+        server = HealthServer(registry, cfg.metrics_host, cfg.metrics_port, lambda: False, lambda: False)
+    log.info("stream-meta %s starting with %s", __version__, json.dumps(cfg.masked(), sort_keys=True))
+    try:
+        service = build_service(cfg, registry)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
+    if server is not None:
+        server.alive, server.ready = service.alive, service.ready
+        server.start()
         log.info("metrics on %s/metrics (health: /healthz, /readyz)", server.url)
     def on_signal(signum: int, _frame) -> None:
         service.request_stop(signal.Signals(signum).name)

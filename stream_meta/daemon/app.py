@@ -20,6 +20,17 @@ def config_fingerprint(cfg: RunConfig) -> dict:
             "algorithm": cfg.algorithm}
 
 
+def check_local_settings(cfg: RunConfig) -> CheckpointStore:
+    """Operator mistakes found without a broker, as one-line errors before a learner or client exists:
+    an unusable checkpoint directory, one written with other settings, a missing input file."""
+    store = CheckpointStore(cfg.checkpoint_dir, cfg.checkpoint_keep, config_fingerprint(cfg))
+    store.prepare()
+    store.verify()
+    if cfg.input_file is not None and not cfg.input_file.is_file():
+        raise ConfigError(f"--input-file {cfg.input_file}: no such file; give the path of a JSON-lines file")
+    return store
+
+
 def build_learner(cfg: RunConfig) -> Learner:
     if cfg.algorithm == "sgd":
         return OnlineSGDLearner(
@@ -54,12 +65,7 @@ def build_learner(cfg: RunConfig) -> Learner:
 
 def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:
     """A ready-to-run service: Kafka in and out, or JSON-lines files with ``input_file``."""
-    # Operator mistakes surface here as one-line errors, before a learner or a client exists.
-    store = CheckpointStore(cfg.checkpoint_dir, cfg.checkpoint_keep, config_fingerprint(cfg))
-    store.prepare()
-    store.verify()
-    if cfg.input_file is not None and not cfg.input_file.is_file():
-        raise ConfigError(f"--input-file {cfg.input_file}: no such file; give the path of a JSON-lines file")
+    store = check_local_settings(cfg)
     learner = build_learner(cfg)
     metrics = Metrics(registry)
     metrics.set_build(cfg.algorithm, num_parameters(learner.params))

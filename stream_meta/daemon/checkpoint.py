@@ -119,10 +119,24 @@ class CheckpointStore:
             )
 
     def verify(self) -> None:
-        """Checks the newest manifest against the fingerprint before anything is built on it."""
-        manifest = self.latest_manifest()
-        if manifest is not None:
-            self.check_fingerprint(manifest)
+        """Checks the newest manifest (format, fingerprint) before anything is built on it."""
+        for seq in reversed(self._seqs()):
+            path = self.directory / f"ckpt-{seq:09d}.json"
+            try:
+                manifest = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # unreadable: load_latest() logs it and falls back
+            self._check_manifest(manifest, path)
+            return
+
+    def _check_manifest(self, manifest: dict, path: Path) -> None:
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointVersionError(
+                f"{path}: written by checkpoint format {version}, this stream-meta reads up to "
+                f"{FORMAT_VERSION}; upgrade stream-meta, point --checkpoint-dir elsewhere or start over with --fresh"
+            )
+        self.check_fingerprint(manifest)
 
     def _seqs(self) -> list[int]:
         if not self.directory.is_dir():
@@ -165,13 +179,7 @@ class CheckpointStore:
             manifest = json.loads(man_path.read_text())
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{man_path}: unreadable manifest ({exc})") from None
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise CheckpointVersionError(
-                f"{man_path}: written by checkpoint format {version}, this stream-meta reads up to "
-                f"{FORMAT_VERSION}; upgrade stream-meta, point --checkpoint-dir elsewhere or start over with --fresh"
-            )
-        self.check_fingerprint(manifest)
+        self._check_manifest(manifest, man_path)
         pt = self.directory / f"ckpt-{seq:09d}.pt"
         try:
             payload = pt.read_bytes()

@@ -66,6 +66,10 @@ class HealthServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
+    def close(self) -> None:
+        """Releases the port of a server that was never started."""
+        self._httpd.server_close()
+
 
 def _bind(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
     """The server bound to ``host:port``, or a one-line :class:`StreamMetaError` saying what to change."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -34,6 +35,8 @@ from stream_meta.daemon.stats import RunStats
 log = logging.getLogger(__name__)
 
 SourceFactory = Callable[[Offsets, Callable[[], Offsets]], Source]
+PROGRESS_TTY_S = 0.5  # seconds between progress updates on a terminal
+PROGRESS_PLAIN_S = 10.0  # ... and between plain progress lines in a file or pipe
 
 
 @dataclass
@@ -74,9 +77,10 @@ class Service:
         self._ready = False
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
-        self._mark = time.monotonic()
         self._last_record = time.monotonic()
         self._last_progress = 0.0
+        # A plain line per interval when stderr is a file or pipe: a log must not fill with \r.
+        self._tty = sys.stderr.isatty()
         self.source: Source | None = None
 
     # -- control ---------------------------------------------------------------
@@ -95,7 +99,6 @@ class Service:
     def run(self) -> dict:
         self._restore()
         self.source = self.open_source(dict(self.offsets), self._on_revoke)
-        self._mark = time.monotonic()
         backoff = 0.5
         try:
             while not self._stop.is_set():
@@ -111,10 +114,12 @@ class Service:
                     continue
                 backoff = 0.5
                 self._set_ready(self.source.connected())
+                busy_from = time.perf_counter()  # elapsed_seconds counts processing, never waiting
                 for raw in batch:
                     if self._stop.is_set() or self._limit_reached():
                         break
                     self.process(raw)
+                self.stats.elapsed_seconds += time.perf_counter() - busy_from
                 self._update_gauges()
                 if self.cfg.progress:
                     self._show_progress()
@@ -128,7 +133,7 @@ class Service:
                     self.request_stop(f"no records for {self.cfg.idle_timeout_s}s")
             self.checkpoint()
             if self.cfg.progress:
-                sys.stderr.write("\n")
+                self._show_progress(final=True)
         finally:
             self._set_ready(False)
             self.source.close()
@@ -220,9 +225,6 @@ class Service:
     def checkpoint(self, commit: bool = True) -> None:
         """Flush sinks, save state + offsets atomically, then commit the offsets."""
         started = time.perf_counter()
-        now = time.monotonic()
-        self.stats.elapsed_seconds += now - self._mark
-        self._mark = now
         self.sinks.flush()  # dead letters and predictions are out before offsets move past them
         state = {"learner": self.learner.state_dict(), "stats": self.stats.state_dict()}
         info = {
@@ -233,7 +235,7 @@ class Service:
             "replay_episodes": len(self.learner.replay),
             "memory_records": len(getattr(self.learner, "memory", ())),
         }
-        self.store.save(state, self.offsets, info)
+        manifest = self.store.save(state, self.offsets, info)
         if commit and self.source is not None and self.offsets:
             try:
                 self.source.commit(self.offsets)
@@ -242,7 +244,13 @@ class Service:
                 log.warning("offset commit failed (the checkpoint holds the offsets): %s", exc)
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
-        self.metrics.observe_checkpoint(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.metrics.observe_checkpoint(seconds)
+        log.info(
+            "checkpoint %s: %d records consumed, %d learned, offsets %s, %.3fs",
+            manifest.stem.removeprefix("ckpt-").lstrip("0") or "0", self.stats.records_consumed,
+            self.stats.records_learned, {f"{t}[{p}]": o for (t, p), o in sorted(self.offsets.items())}, seconds,
+        )
 
     def _on_revoke(self) -> Offsets:
         log.info("partitions revoked: checkpointing before hand-over")
@@ -291,19 +299,24 @@ class Service:
             return False
         return time.monotonic() - self._last_record > self.cfg.idle_timeout_s
 
-    def _show_progress(self) -> None:
+    def _show_progress(self, final: bool = False) -> None:
+        """Rewrites one line on a terminal (every 0.5 s); else one plain line every 10 s and at the end."""
         now = time.monotonic()
-        if now - self._last_progress < 0.5:
+        if not final and now - self._last_progress < (PROGRESS_TTY_S if self._tty else PROGRESS_PLAIN_S):
             return
         self._last_progress = now
         s = self.stats
         acc = s.window_accuracy
-        elapsed = s.elapsed_seconds + now - self._mark
-        sys.stderr.write(
-            f"\r  consumed {s.records_consumed:>7}  learned {s.records_learned:>7}  rejected {s.records_rejected:>4}"
+        rate = f"{s.records_consumed / s.elapsed_seconds:7.0f}" if s.elapsed_seconds > 0 else "      -"
+        line = (
+            f"  consumed {s.records_consumed:>7}  learned {s.records_learned:>7}  rejected {s.records_rejected:>4}"
             f"  tasks {s.tasks_seen:>4}  accuracy(last {self.cfg.accuracy_window}) "
-            f"{'-' if acc is None else f'{100 * acc:5.1f}%'}  {s.records_consumed / max(elapsed, 1e-9):7.0f} rec/s "
+            f"{'-' if acc is None else f'{100 * acc:5.1f}%'}  {rate} rec/s"
         )
+        if self._tty:
+            sys.stderr.write(f"\r{line} " + ("\n" if final else ""))
+        else:
+            sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
     def _set_ready(self, ready: bool) -> None:
@@ -322,9 +335,10 @@ class Service:
             if memory is not None:
                 self.metrics.replay_items.labels(name).set(len(memory))
                 self.metrics.replay_bytes.labels(name).set(memory.nbytes())
-        if getattr(self.learner, "forgetting", None) is not None:
-            self.metrics.retained_accuracy.set(self.learner.retained_accuracy)
-            self.metrics.forgetting.set(self.learner.forgetting)
+        # None (no probes, or nothing to forget yet) is exported as NaN, never as a false 0.
+        for gauge, value in ((self.metrics.retained_accuracy, getattr(self.learner, "retained_accuracy", None)),
+                             (self.metrics.forgetting, getattr(self.learner, "forgetting", None))):
+            gauge.set(math.nan if value is None else value)
         lag = self.source.lag() if self.source is not None else None
         if lag is not None:
             self.metrics.consumer_lag.set(lag)
