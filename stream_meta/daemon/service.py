@@ -119,7 +119,8 @@ class Service:
                     if self._stop.is_set() or self._limit_reached():
                         break
                     self.process(raw)
-                self.stats.elapsed_seconds += time.perf_counter() - busy_from
+                if batch:
+                    self.stats.elapsed_seconds += time.perf_counter() - busy_from
                 self._update_gauges()
                 if self.cfg.progress:
                     self._show_progress()

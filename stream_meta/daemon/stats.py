@@ -142,4 +142,4 @@ def format_summary(summary: dict) -> str:
         ("records / processing second", summary["records_per_second"]),
     ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return "\n".join(f"{k:<{width}}  {'-' if v is None else v}" for k, v in rows)
