@@ -166,3 +166,12 @@ def test_status_json_is_strict_json_with_null_for_nan():
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert summary["accuracy"]["window"] is None and summary["learning"]["adaptation_gain"] is None
+
+
+@pytest.mark.slow
+def test_progress_off_a_terminal_is_plain_lines(tmp_path):
+    result = run_file(tmp_path, tmp_path / "ckpt", *FLAGS, "--progress")
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr
+    progress = [line for line in result.stderr.splitlines() if line.startswith("  consumed ")]
+    assert progress and progress[-1].split()[1] == "30"  # the final line has every record
