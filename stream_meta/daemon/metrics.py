@@ -226,6 +226,7 @@ class Metrics:
         self.last_checkpoint = Gauge(
             "last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint", namespace=NS, registry=r
         )
+        self.last_checkpoint.set(math.nan)  # none yet: 0 would read as a checkpoint in 1970
         self.checkpoint_age = Gauge(
             "last_checkpoint_age_seconds", "Seconds since the last checkpoint (since start before the first)",
             namespace=NS, registry=r,

@@ -36,7 +36,8 @@ def test_gauges_with_nothing_to_measure_are_nan_not_zero():
     registry = CollectorRegistry()
     Metrics(registry)
     for name in ("stream_meta_retained_accuracy", "stream_meta_forgetting", "stream_meta_adaptation_gain",
-                 "stream_meta_consumer_lag_records", "stream_meta_prequential_accuracy"):
+                 "stream_meta_consumer_lag_records", "stream_meta_prequential_accuracy",
+                 "stream_meta_last_checkpoint_timestamp_seconds"):
         assert math.isnan(_value(registry, name)), name
 
 

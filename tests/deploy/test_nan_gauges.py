@@ -45,7 +45,8 @@ def test_alerts_stay_quiet_on_nan_gauges(tmp_path):
 
 
 NAN_GAUGES = ("stream_meta_prequential_accuracy", "stream_meta_accuracy_by_task_position", "stream_meta_retained_accuracy",
-              "stream_meta_forgetting", "stream_meta_adaptation_gain", "stream_meta_consumer_lag_records")
+              "stream_meta_forgetting", "stream_meta_adaptation_gain", "stream_meta_consumer_lag_records",
+              "stream_meta_last_checkpoint_timestamp_seconds")
 
 
 def test_dashboard_single_value_panels_show_nan_as_a_dash():
