@@ -17,6 +17,7 @@ accepted; the learner's own load then catches state that does not fit.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -64,21 +65,41 @@ def _fsync_dir(path: Path) -> None:
 
 
 def move_aside(directory: Path | str) -> Path | None:
-    """Renames ``directory`` to ``DIR.old-<UTC time>`` (never deletes it); None if it is absent."""
-    directory = Path(directory)
+    """Renames ``directory`` to ``DIR.old-<UTC time>`` (never deletes it); None if it is absent.
+
+    A directory that cannot be renamed because it is a mount point (a Kubernetes volume)
+    keeps its place and its contents move into ``DIR/.old-<UTC time>`` instead, where the
+    store no longer sees them.
+    """
+    directory = Path(directory).absolute()
     if not directory.exists():
         return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = directory.with_name(f"{directory.name}.old-{stamp}")
-    n = 1
-    while target.exists():  # two --fresh starts within one second
-        n += 1
-        target = directory.with_name(f"{directory.name}.old-{stamp}-{n}")
+    target = _unused(directory.with_name(f"{directory.name}.old-{stamp}"))
     try:
         directory.rename(target)
+        return target
     except OSError as exc:
-        raise CheckpointError(f"cannot move {directory} aside to {target}: {exc.strerror or exc}") from None
-    return target
+        if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EACCES, errno.EPERM):
+            raise CheckpointError(f"cannot move {directory} aside to {target}: {exc.strerror or exc}") from None
+    inner = _unused(directory / f".old-{stamp}")
+    try:
+        inner.mkdir(mode=0o700)
+        for entry in directory.iterdir():
+            if entry != inner and not entry.name.startswith(".old-"):
+                entry.rename(inner / entry.name)
+    except OSError as exc:
+        raise CheckpointError(f"cannot move the contents of {directory} aside to {inner}: {exc.strerror or exc}") from None
+    return inner
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... if taken (two --fresh starts within one second)."""
+    n, candidate = 1, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 class CheckpointStore:
