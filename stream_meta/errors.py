@@ -30,3 +30,7 @@ class CheckpointError(StreamMetaError):
 
 class CheckpointVersionError(CheckpointError):
     """A checkpoint was written by a newer format version than this code reads."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint directory was written with settings that do not fit this run's."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ EXAMPLES = {
     "demo": "example: stream-meta demo            # local broker, real digits stream, summary in ~1 minute",
     "inspect": "example: stream-meta checkpoint inspect ./ckpt --json",
     "status": "example: stream-meta status --metrics-url http://127.0.0.1:9108/metrics",
+    "broker": "example: stream-meta broker --port 9092   # then: stream-meta produce --bootstrap 127.0.0.1:9092 ...",
 }
 
 
@@ -35,16 +37,27 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="consume a topic and learn from it", epilog=EXAMPLES["run"])
     add_flags(run)
+    run.add_argument("--fresh", action="store_true",
+                     help="start over: move an existing --checkpoint-dir aside to DIR.old-<UTC time> first "
+                     "(never deleted); with Kafka the group's committed offsets still apply: "
+                     "use a new --group to learn the topic from its start")
 
     prod = sub.add_parser("produce", help="publish a built-in data set in wire format v1", epilog=EXAMPLES["produce"])
-    prod.add_argument("--bootstrap", default="127.0.0.1:9092")
-    prod.add_argument("--topic", required=True)
-    prod.add_argument("--dataset", required=True, help="a built-in data set (see --list)")
-    prod.add_argument("--limit", type=int, default=None, help="records to publish at most")
-    prod.add_argument("--tasks", type=int, default=None, help="number of tasks (data set default if omitted)")
-    prod.add_argument("--per-task", type=int, default=None, help="records per task")
+    prod.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers (default: %(default)s)")
+    prod.add_argument("--topic", help="topic to publish to (required unless --list)")
+    prod.add_argument("--dataset", help="a built-in data set (required unless --list; see --list)")
+    prod.add_argument("--list", action="store_true", help="list the built-in data sets and exit")
+    prod.add_argument("--limit", type=int, default=None, help="records to publish at most (default: all)")
+    prod.add_argument("--tasks", type=int, default=None, help="number of tasks (default: the data set's)")
+    prod.add_argument("--per-task", type=int, default=None, help="records per task (default: the data set's)")
     prod.add_argument("--data-dir", default=None, help="MNIST idx directory for mnist-* data sets (see `make mnist`)")
-    prod.add_argument("--seed", type=int, default=0)
+    prod.add_argument("--seed", type=int, default=0, help="seed of the data set's tasks (default: %(default)s)")
+
+    brk = sub.add_parser("broker", help="run the bundled Kafka-compatible test broker in the foreground",
+                         description="Runs Tansu (in-memory, from the dev extra) on 127.0.0.1 until Ctrl-C, "
+                         "for trying stream-meta without a Kafka cluster. Its data is gone when it stops.",
+                         epilog=EXAMPLES["broker"])
+    brk.add_argument("--port", type=int, default=9092, help="port on 127.0.0.1 (default: %(default)s; 0 = any free)")
 
     demo = sub.add_parser("demo", help="the embedded default: local broker + real data stream + daemon", epilog=EXAMPLES["demo"])
     demo.add_argument("--forever", action="store_true", help="keep producing and learning until Ctrl-C")
@@ -115,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             from stream_meta.cli.demo import run_demo
 
             return run_demo(args)
+        if args.command == "broker":
+            from stream_meta.cli.broker import cmd_broker
+
+            return cmd_broker(args)
         if args.command == "checkpoint":
             return cmd_inspect(args)
         if args.command == "status":
@@ -126,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     except StreamMetaError as exc:
         print(f"stream-meta: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`status --json | head`): nothing left to say to anyone.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

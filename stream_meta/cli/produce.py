@@ -6,7 +6,18 @@ import argparse
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from stream_meta.data.datasets import stream
+    from stream_meta.data.datasets import DATASETS, info, stream
+    from stream_meta.errors import ConfigError
+
+    if args.list:
+        width = max(len(n) for n in DATASETS)
+        for name, d in DATASETS.items():
+            print(f"{name:<{width}}  {d.input_dim}-d, {d.num_classes} classes: {d.description}")
+        return 0
+    missing = [flag for flag, v in (("--topic", args.topic), ("--dataset", args.dataset)) if not v]
+    if missing:
+        raise ConfigError(f"produce needs {' and '.join(missing)} (try --list for the data sets)")
+    info(args.dataset)  # an unknown name fails here, listing the valid ones, before connecting
     from connectors.kafka import KafkaSink, raise_failures
     from stream_meta.daemon.records import encode
 

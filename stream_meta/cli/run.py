@@ -29,9 +29,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from stream_meta.daemon.config import load_config
     from stream_meta.daemon.logs import setup_logging
 
-    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "fresh")}
     cfg = load_config(flags)
     setup_logging(cfg.log_format, cfg.log_level)
+    if getattr(args, "fresh", False):
+        from stream_meta.daemon.checkpoint import move_aside
+
+        moved = move_aside(cfg.checkpoint_dir)
+        if moved is not None:
+            log.warning("--fresh: moved %s aside to %s; starting over", cfg.checkpoint_dir, moved)
     summary = run_daemon(cfg)
     finish(summary, cfg.summary_json)
     return 0
@@ -42,18 +48,29 @@ def run_daemon(cfg) -> dict:
     import torch
     from prometheus_client import CollectorRegistry
 
-    from stream_meta.daemon.app import build_service
+    from stream_meta.daemon.app import build_service, check_local_settings
     from stream_meta.daemon.http import HealthServer
 
     torch.set_num_threads(1 if cfg.deterministic else cfg.torch_threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    log.info("stream-meta %s starting with %s", __version__, json.dumps(cfg.masked(), sort_keys=True))
+    # Operator mistakes first (checkpoint directory, input file, metrics port and host), so each
+    # is the one line printed, before anything is logged, built or connected.
+    check_local_settings(cfg)
     registry = CollectorRegistry()
-    service = build_service(cfg, registry)
     server = None
     if cfg.metrics_port is not None:
-        server = HealthServer(registry, cfg.metrics_host, cfg.metrics_port, service.alive, service.ready).start()
+        server = HealthServer(registry, cfg.metrics_host, cfg.metrics_port, lambda: False, lambda: False)
+    log.info("stream-meta %s starting with %s", __version__, json.dumps(cfg.masked(), sort_keys=True))
+    try:
+        service = build_service(cfg, registry)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
+    if server is not None:
+        server.alive, server.ready = service.alive, service.ready
+        server.start()
         log.info("metrics on %s/metrics (health: /healthz, /readyz)", server.url)
     def on_signal(signum: int, _frame) -> None:
         service.request_stop(signal.Signals(signum).name)

@@ -222,5 +222,14 @@ def status(url: str, as_json: bool = False, timeout_s: float = 5.0) -> str:
 
     summary = summarize(parse(fetch(url, timeout_s)))
     if as_json:
-        return json.dumps(summary, indent=2, default=str)
+        # NaN (nothing measured yet) is null: bare NaN is not JSON and breaks strict parsers (jq).
+        return json.dumps(_nan_to_none(summary), indent=2, default=str, allow_nan=False)
     return format_status(summary, metrics_url(url))
+
+
+def _nan_to_none(v):
+    if isinstance(v, dict):
+        return {k: _nan_to_none(x) for k, x in v.items()}
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v

@@ -12,6 +12,24 @@ from stream_meta.learn.learner import Learner, OnlineMetaLearner, OnlineSGDLearn
 from stream_meta.daemon.metrics import Metrics
 from stream_meta.model import num_parameters
 from stream_meta.daemon.service import Service, Sinks
+from stream_meta.errors import ConfigError
+
+
+def config_fingerprint(cfg: RunConfig) -> dict:
+    """The settings that fix a checkpoint's shapes and meaning; a directory keeps them for life."""
+    return {"input_dim": cfg.input_dim, "num_classes": cfg.num_classes, "hidden": list(cfg.hidden),
+            "algorithm": cfg.algorithm}
+
+
+def check_local_settings(cfg: RunConfig) -> CheckpointStore:
+    """Operator mistakes found without a broker, as one-line errors before a learner or client exists:
+    an unusable checkpoint directory, one written with other settings, a missing input file."""
+    store = CheckpointStore(cfg.checkpoint_dir, cfg.checkpoint_keep, config_fingerprint(cfg))
+    store.prepare()
+    store.verify()
+    if cfg.input_file is not None and not cfg.input_file.is_file():
+        raise ConfigError(f"--input-file {cfg.input_file}: no such file; give the path of a JSON-lines file")
+    return store
 
 
 def build_learner(cfg: RunConfig) -> Learner:
@@ -35,6 +53,7 @@ def build_learner(cfg: RunConfig) -> Learner:
 
 def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:
     """A ready-to-run service: Kafka in and out, or JSON-lines files with ``input_file``."""
+    store = check_local_settings(cfg)
     learner = build_learner(cfg)
     metrics = Metrics(registry)
     metrics.set_build(cfg.algorithm, num_parameters(learner.params))
@@ -45,7 +64,6 @@ def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:
             return JsonlSource(cfg.input_file, offsets, cfg.max_poll_records, follow=not cfg.stop_at_end)
 
         out_dir = cfg.checkpoint_dir
-        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         dlq = JsonlSink(out_dir / "dead-letters.jsonl")
         predictions = JsonlSink(out_dir / "predictions.jsonl") if cfg.predictions_topic else None
     else:
@@ -73,5 +91,5 @@ def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:
         open_source=open_source,
         sinks=Sinks(dlq, predictions),
         metrics=metrics,
-        store=CheckpointStore(cfg.checkpoint_dir, cfg.checkpoint_keep),
+        store=store,
     )

@@ -7,10 +7,17 @@ offsets and the SHA-256 of the ``.pt`` file. Both are written to a temporary
 file, fsynced and renamed; the manifest goes last, so a checkpoint without a
 valid manifest never counts. Loading verifies the digest and falls back to the
 previous checkpoint when the newest is corrupt or truncated.
+
+A store given a ``fingerprint`` (the settings that fix the state's shapes and
+meaning: input_dim, num_classes, hidden, algorithm) writes it into each manifest
+as ``config`` and refuses, with :class:`CheckpointMismatchError`, a directory
+written with other values. Manifests without ``config`` (older stream-meta) are
+accepted; the learner's own load then catches state that does not fit.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -23,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from stream_meta.errors import CheckpointError, CheckpointVersionError
+from stream_meta.errors import CheckpointError, CheckpointMismatchError, CheckpointVersionError
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{9})\.json$")
@@ -57,12 +64,100 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def move_aside(directory: Path | str) -> Path | None:
+    """Renames ``directory`` to ``DIR.old-<UTC time>`` (never deletes it); None if it is absent.
+
+    A directory that cannot be renamed because it is a mount point (a Kubernetes volume)
+    keeps its place and its contents move into ``DIR/.old-<UTC time>`` instead, where the
+    store no longer sees them.
+    """
+    directory = Path(directory).absolute()
+    if not directory.exists():
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = _unused(directory.with_name(f"{directory.name}.old-{stamp}"))
+    try:
+        directory.rename(target)
+        return target
+    except OSError as exc:
+        if exc.errno not in (errno.EBUSY, errno.EXDEV, errno.EACCES, errno.EPERM):
+            raise CheckpointError(f"cannot move {directory} aside to {target}: {exc.strerror or exc}") from None
+    inner = _unused(directory / f".old-{stamp}")
+    try:
+        inner.mkdir(mode=0o700)
+        for entry in directory.iterdir():
+            if entry != inner and not entry.name.startswith(".old-"):
+                entry.rename(inner / entry.name)
+    except OSError as exc:
+        raise CheckpointError(f"cannot move the contents of {directory} aside to {inner}: {exc.strerror or exc}") from None
+    return inner
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... if taken (two --fresh starts within one second)."""
+    n, candidate = 1, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 class CheckpointStore:
     """Keeps the last ``keep`` checkpoints in ``directory`` (created with mode 0700)."""
 
-    def __init__(self, directory: Path | str, keep: int = 3) -> None:
+    def __init__(self, directory: Path | str, keep: int = 3, fingerprint: dict | None = None) -> None:
         self.directory = Path(directory)
         self.keep = keep
+        # Round-tripped through JSON so tuples compare equal to the lists a manifest holds.
+        self.fingerprint = json.loads(json.dumps(fingerprint)) if fingerprint is not None else None
+
+    def prepare(self) -> None:
+        """Creates the directory (mode 0700) now, so a bad path fails at start-up, not at the first checkpoint."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            probe = self.directory / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot use checkpoint directory {self.directory}: {exc.strerror or exc}; "
+                "point --checkpoint-dir at a writable directory"
+            ) from None
+
+    def check_fingerprint(self, manifest: dict, where: Path | None = None) -> None:
+        """Raises :class:`CheckpointMismatchError` when ``manifest`` was written with other settings."""
+        stored = manifest.get("config")
+        if self.fingerprint is None or not isinstance(stored, dict):
+            return
+        diffs = [
+            f"{k} {_show(stored.get(k))} (now {_show(v)})" for k, v in self.fingerprint.items() if k in stored and stored[k] != v
+        ]
+        if diffs:
+            raise CheckpointMismatchError(
+                f"checkpoint directory {where or self.directory} was written with other settings: "
+                f"{', '.join(diffs)}; run with those settings, another --checkpoint-dir, or --fresh "
+                "(moves the directory aside and starts over)"
+            )
+
+    def verify(self) -> None:
+        """Checks the newest manifest (format, fingerprint) before anything is built on it."""
+        for seq in reversed(self._seqs()):
+            path = self.directory / f"ckpt-{seq:09d}.json"
+            try:
+                manifest = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # unreadable: load_latest() logs it and falls back
+            self._check_manifest(manifest, path)
+            return
+
+    def _check_manifest(self, manifest: dict, path: Path) -> None:
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointVersionError(
+                f"{path}: written by checkpoint format {version}, this stream-meta reads up to "
+                f"{FORMAT_VERSION}; upgrade stream-meta, point --checkpoint-dir elsewhere or start over with --fresh"
+            )
+        self.check_fingerprint(manifest)
 
     def _seqs(self) -> list[int]:
         if not self.directory.is_dir():
@@ -71,7 +166,7 @@ class CheckpointStore:
 
     def save(self, state: dict, offsets: Offsets, info: dict | None = None) -> Path:
         """Writes one checkpoint; returns its manifest path."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.prepare()
         os.chmod(self.directory, 0o700)
         seqs = self._seqs()
         seq = (seqs[-1] + 1) if seqs else 1
@@ -88,6 +183,7 @@ class CheckpointStore:
             "sha256": hashlib.sha256(payload).hexdigest(),
             "bytes": len(payload),
             "offsets": flat_offsets,
+            **({"config": self.fingerprint} if self.fingerprint is not None else {}),
             **(info or {}),
         }
         man = self.directory / f"ckpt-{seq:09d}.json"
@@ -104,12 +200,7 @@ class CheckpointStore:
             manifest = json.loads(man_path.read_text())
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{man_path}: unreadable manifest ({exc})") from None
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise CheckpointVersionError(
-                f"{man_path}: written by checkpoint format {version}, this stream-meta reads up to "
-                f"{FORMAT_VERSION}; upgrade stream-meta or point --checkpoint-dir elsewhere"
-            )
+        self._check_manifest(manifest, man_path)
         pt = self.directory / f"ckpt-{seq:09d}.pt"
         try:
             payload = pt.read_bytes()
@@ -133,7 +224,7 @@ class CheckpointStore:
         for seq in reversed(self._seqs()):
             try:
                 return self.load(seq)
-            except CheckpointVersionError:
+            except (CheckpointVersionError, CheckpointMismatchError):
                 raise
             except CheckpointError as exc:
                 log.error("skipping checkpoint %d: %s", seq, exc)
@@ -146,3 +237,10 @@ class CheckpointStore:
             except (OSError, ValueError):
                 continue
         return None
+
+
+def _show(v: object) -> str:
+    """``[100, 100]`` -> ``100,100`` (the flag's spelling); None -> ``unset``."""
+    if isinstance(v, list):
+        return ",".join(str(x) for x in v)
+    return "unset" if v is None else str(v)

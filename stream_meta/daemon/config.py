@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -246,9 +246,19 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML or JSON file of settings")
     for name, field in RunConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        help_text = (field.description or "") + f" (default: {field.default})"
+        help_text = field.description or ""
+        if "default" not in help_text and field.default is not None:  # a description may name its own default
+            default = field.default
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            help_text = f"{help_text} (default: {shown})".lstrip()
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            continue
+        # Literal fields and the algorithm list their values in --help and in the error for a wrong one.
+        literal = get_origin(field.annotation) is Literal
+        choices = ALGORITHM_CHOICES if name == "algorithm" else get_args(field.annotation) if literal else ()
+        if choices:
+            parser.add_argument(flag, default=argparse.SUPPRESS, choices=choices, help=help_text)
         else:
             parser.add_argument(flag, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from stream_meta.errors import StreamMetaError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ class HealthServer:
                 log.debug("http: " + fmt, *args)
 
         self.registry, self.alive, self.ready = registry, alive, ready
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd = _bind(host, port, Handler)
         self._httpd.daemon_threads = True
         self.host, self.port = self._httpd.server_address[:2]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
@@ -61,3 +65,27 @@ class HealthServer:
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+    def close(self) -> None:
+        """Releases the port of a server that was never started."""
+        self._httpd.server_close()
+
+
+def _bind(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """The server bound to ``host:port``, or a one-line :class:`StreamMetaError` saying what to change."""
+    try:
+        return ThreadingHTTPServer((host, port), handler)
+    except socket.gaierror as exc:
+        raise StreamMetaError(
+            f"metrics host {host!r} does not resolve ({exc.strerror}); set --metrics-host to an address "
+            "of this machine, e.g. 127.0.0.1 or 0.0.0.0"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StreamMetaError(
+                f"metrics port {port} on {host} is already in use; stop the process using it or pick another "
+                "--metrics-port (0 = any free port)"
+            ) from None
+        raise StreamMetaError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; check --metrics-host and --metrics-port"
+        ) from None

@@ -140,6 +140,7 @@ class Metrics:
         self.consumer_lag = Gauge(
             "consumer_lag_records", "Records behind the end of the assigned partitions", namespace=NS, registry=r
         )
+        self.consumer_lag.set(math.nan)  # unknown until the source reports it: not "caught up"
         self.partition_lag = Gauge(
             "consumer_partition_lag_records", "Records behind the end of each assigned partition",
             ["partition"], namespace=NS, registry=r,
@@ -191,6 +192,8 @@ class Metrics:
         self.forgetting = Gauge(
             "forgetting", "Mean drop from best accuracy on earlier tasks' probe records (probe_per_task > 0)",
             namespace=NS, registry=r)
+        self.retained_accuracy.set(math.nan)  # NaN without probes (or before their first evaluation)
+        self.forgetting.set(math.nan)  # ... and while only one task has probes: nothing to forget yet
         self.task_boundaries = Counter(
             "task_boundaries", "Labelled records that start a new task or return to a known one, by kind",
             ["kind"], namespace=NS, registry=r,
@@ -205,6 +208,7 @@ class Metrics:
         self.adaptation_gain = Gauge(
             "adaptation_gain", "Query loss before minus after the inner loop, last meta-update", namespace=NS, registry=r
         )
+        self.adaptation_gain.set(math.nan)  # no meta-update yet
         # Two memories: past episodes mixed into the meta-batch, and past records joined to
         # the query set (MER / La-MAML style, --memory-capacity).
         self.replay_items = Gauge(
@@ -240,6 +244,7 @@ class Metrics:
         self.last_checkpoint = Gauge(
             "last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint", namespace=NS, registry=r
         )
+        self.last_checkpoint.set(math.nan)  # none yet: 0 would read as a checkpoint in 1970
         self.checkpoint_age = Gauge(
             "last_checkpoint_age_seconds", "Seconds since the last checkpoint (since start before the first)",
             namespace=NS, registry=r,

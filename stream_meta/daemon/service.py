@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ from connectors.base import Offsets, RawRecord, SendFailure, Sink, Source
 from stream_meta.daemon.checkpoint import CheckpointStore
 from stream_meta.daemon.config import RunConfig
 from stream_meta.daemon.deadletters import SinkFailures, dead_letter
-from stream_meta.errors import RecordError, StreamMetaError
+from stream_meta.errors import CheckpointMismatchError, RecordError, StreamMetaError
 
 
 class OffsetRewindError(StreamMetaError):
@@ -35,6 +36,8 @@ from stream_meta.daemon.stats import RunStats
 log = logging.getLogger(__name__)
 
 SourceFactory = Callable[[Offsets, Callable[[], Offsets]], Source]
+PROGRESS_TTY_S = 0.5  # seconds between progress updates on a terminal
+PROGRESS_PLAIN_S = 10.0  # ... and between plain progress lines in a file or pipe
 
 
 @dataclass
@@ -77,9 +80,10 @@ class Service:
         self._ready = False
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
-        self._mark = time.monotonic()
         self._last_record = time.monotonic()
         self._last_progress = 0.0
+        # A plain line per interval when stderr is a file or pipe: a log must not fill with \r.
+        self._tty = sys.stderr.isatty()
         self.source: Source | None = None
         self.sink_failures = SinkFailures(self.metrics, self.cfg.dlq_failure_policy)
         self._was_up = False  # an outage is only declared after the source was up once
@@ -104,7 +108,6 @@ class Service:
         try:
             self._check_topics()
             self.source = self.open_source(dict(self.offsets), self._on_revoke)
-            self._mark = time.monotonic()
             backoff = 0.5
             while not self._stop.is_set():
                 self._heartbeat = time.monotonic()
@@ -122,10 +125,13 @@ class Service:
                 connected = self.source.connected()
                 self._set_ready(connected)
                 self._watch_connection(connected or bool(batch))  # records arriving: it answers
+                busy_from = time.perf_counter()  # elapsed_seconds counts processing, never waiting
                 for raw in batch:
                     if self._stop.is_set() or self._limit_reached():
                         break
                     self.process(raw)
+                if batch:
+                    self.stats.elapsed_seconds += time.perf_counter() - busy_from
                 self._update_gauges()
                 if self.cfg.progress:
                     self._show_progress()
@@ -139,7 +145,7 @@ class Service:
                     self.request_stop(f"no records for {self.cfg.idle_timeout_s}s")
             self.checkpoint()
             if self.cfg.progress:
-                sys.stderr.write("\n")
+                self._show_progress(final=True)
         finally:
             self._set_ready(False)
             if self.source is not None:
@@ -232,9 +238,6 @@ class Service:
         """Flush sinks, save state + offsets atomically, then commit the offsets."""
         self.sink_failures.raise_if_fatal()
         started = time.perf_counter()
-        now = time.monotonic()
-        self.stats.elapsed_seconds += now - self._mark
-        self._mark = now
         # Dead letters and predictions are out (or counted as failed) before offsets move past
         # them; under dlq_failure_policy=fail a failed dead letter raises here, before the save.
         failures = self.sinks.flush()
@@ -250,7 +253,7 @@ class Service:
             "replay_episodes": health.replay_episodes,
             "memory_records": health.memory_records,
         }
-        self.store.save(state, self.offsets, info)
+        manifest = self.store.save(state, self.offsets, info)
         if commit and self.source is not None and self.offsets:
             try:
                 self.source.commit(self.offsets)
@@ -259,7 +262,13 @@ class Service:
                 log.warning("offset commit failed (the checkpoint holds the offsets): %s", exc)
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
-        self.metrics.observe_checkpoint(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.metrics.observe_checkpoint(seconds)
+        log.info(
+            "checkpoint %s: %d records consumed, %d learned, offsets %s, %.3fs",
+            manifest.stem.removeprefix("ckpt-").lstrip("0") or "0", self.stats.records_consumed,
+            self.stats.records_learned, {f"{t}[{p}]": o for (t, p), o in sorted(self.offsets.items())}, seconds,
+        )
 
     def _on_revoke(self) -> Offsets:
         log.info("partitions revoked: checkpointing before hand-over")
@@ -271,7 +280,16 @@ class Service:
         if ckpt is None:
             log.info("no checkpoint in %s: starting fresh", self.cfg.checkpoint_dir)
             return
-        self.learner.load_state_dict(ckpt.state["learner"])
+        try:
+            self.learner.load_state_dict(ckpt.state["learner"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            # Only a checkpoint without a config fingerprint (older stream-meta) gets this far
+            # with state of another shape; the store refuses a fingerprinted one earlier.
+            raise CheckpointMismatchError(
+                f"checkpoint {ckpt.seq} in {self.cfg.checkpoint_dir} does not fit this configuration "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'state mismatch'}); "
+                "run with the settings it was written with, another --checkpoint-dir, or --fresh"
+            ) from None
         self.stats.load_state_dict(ckpt.state["stats"])
         self.offsets = dict(ckpt.offsets)
         if "created" in ckpt.manifest:
@@ -328,19 +346,24 @@ class Service:
             return False
         return time.monotonic() - self._last_record > self.cfg.idle_timeout_s
 
-    def _show_progress(self) -> None:
+    def _show_progress(self, final: bool = False) -> None:
+        """Rewrites one line on a terminal (every 0.5 s); else one plain line every 10 s and at the end."""
         now = time.monotonic()
-        if now - self._last_progress < 0.5:
+        if not final and now - self._last_progress < (PROGRESS_TTY_S if self._tty else PROGRESS_PLAIN_S):
             return
         self._last_progress = now
         s = self.stats
         acc = s.window_accuracy
-        elapsed = s.elapsed_seconds + now - self._mark
-        sys.stderr.write(
-            f"\r  consumed {s.records_consumed:>7}  learned {s.records_learned:>7}  rejected {s.records_rejected:>4}"
+        rate = f"{s.records_consumed / s.elapsed_seconds:7.0f}" if s.elapsed_seconds > 0 else "      -"
+        line = (
+            f"  consumed {s.records_consumed:>7}  learned {s.records_learned:>7}  rejected {s.records_rejected:>4}"
             f"  tasks {s.tasks_seen:>4}  accuracy(last {self.cfg.accuracy_window}) "
-            f"{'-' if acc is None else f'{100 * acc:5.1f}%'}  {s.records_consumed / max(elapsed, 1e-9):7.0f} rec/s "
+            f"{'-' if acc is None else f'{100 * acc:5.1f}%'}  {rate} rec/s"
         )
+        if self._tty:
+            sys.stderr.write(f"\r{line} " + ("\n" if final else ""))
+        else:
+            sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
     def _set_ready(self, ready: bool) -> None:
@@ -360,9 +383,10 @@ class Service:
                                   ("records", health.memory_records, health.memory_bytes)):
             self.metrics.replay_items.labels(name).set(items)
             self.metrics.replay_bytes.labels(name).set(size)
-        if health.retained_accuracy is not None and health.forgetting is not None:
-            self.metrics.retained_accuracy.set(health.retained_accuracy)
-            self.metrics.forgetting.set(health.forgetting)
+        # None (no probes, or nothing to forget yet) is exported as NaN, never as a false 0.
+        for gauge, value in ((self.metrics.retained_accuracy, health.retained_accuracy),
+                             (self.metrics.forgetting, health.forgetting)):
+            gauge.set(math.nan if value is None else value)
         lag = self.source.lag() if self.source is not None else None
         if lag is not None:
             self.metrics.consumer_lag.set(lag)

@@ -41,7 +41,7 @@ class RunStats:
         self._window: deque[int] = deque(maxlen=accuracy_window)
         self._positions: OrderedDict[str, int] = OrderedDict()  # task -> labelled records so far (LRU)
         self.tasks_seen = 0
-        self.elapsed_seconds = 0.0  # learning time summed over the daemon's lives
+        self.elapsed_seconds = 0.0  # time spent processing records, summed over the daemon's lives (no idle polls)
 
     def next_position(self, task: str) -> int:
         """The 1-based position the next labelled record of ``task`` takes."""
@@ -80,12 +80,16 @@ class RunStats:
             "records_rejected": self.records_rejected,
             "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
             "predictions_emitted": self.predictions_emitted,
+            # Cumulative over every labelled record ever scored; the key keeps its old name.
             "prequential_accuracy": self.correct / self.scored if self.scored else None,
+            "prequential_accuracy_window": self.window_accuracy,
+            "accuracy_window": self.accuracy_window,
             "accuracy_by_task_position": {b: (c / n if n else None) for b, (c, n) in self.by_bucket.items()},
             "records_by_task_position": {b: n for b, (_, n) in self.by_bucket.items()},
             "tasks_seen": self.tasks_seen,
             "meta_updates": self.meta_updates,
             "elapsed_seconds": round(elapsed, 3),
+            # Records per second of processing time: idle waits for new records do not dilute it.
             "records_per_second": round(self.records_consumed / elapsed, 1) if elapsed > 0 else None,
         }
 
@@ -125,15 +129,17 @@ def format_summary(summary: dict) -> str:
         ("records rejected", summary["records_rejected"]),
         *((f"  rejected: {k}", v) for k, v in summary["rejected_by_reason"].items()),
         ("predictions emitted", summary["predictions_emitted"]),
-        ("prequential accuracy", pct(summary["prequential_accuracy"])),
+        ("prequential accuracy, cumulative", pct(summary["prequential_accuracy"])),
+        (f"prequential accuracy, last {summary.get('accuracy_window', '?')}",
+         pct(summary.get("prequential_accuracy_window"))),
         *(
             (f"  accuracy at task position {b:>5}", f"{pct(a)}  (n={summary['records_by_task_position'][b]})")
             for b, a in summary["accuracy_by_task_position"].items()
         ),
         ("tasks seen", summary["tasks_seen"]),
         ("meta-updates", summary["meta_updates"]),
-        ("elapsed seconds", summary["elapsed_seconds"]),
-        ("records / second", summary["records_per_second"]),
+        ("processing seconds", summary["elapsed_seconds"]),
+        ("records / processing second", summary["records_per_second"]),
     ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return "\n".join(f"{k:<{width}}  {'-' if v is None else v}" for k, v in rows)

@@ -5,7 +5,8 @@ are kept aside and never learned from. Every ``every`` learned records the learn
 re-evaluates all probe tasks; per task the best accuracy seen so far is kept, and
 
 - retained accuracy = mean current accuracy over the probe tasks;
-- forgetting = mean over the tasks other than the current one of (best - current).
+- forgetting = mean over the tasks other than the current one of (best - current);
+  None while only the current task has a probe set (nothing to forget yet is not 0).
 
 Bounded: at most ``max_tasks`` probe tasks (least recently seen dropped first), each
 with at most ``per_task`` records.
@@ -16,6 +17,8 @@ with at most ``per_task`` records.
 [False, True, False, True, False, False]
 >>> p.evaluate(lambda task, x: torch.ones(len(x), dtype=torch.long), current="b")
 (1.0, 0.0)
+>>> p.evaluate(lambda task, x: torch.ones(len(x), dtype=torch.long), current="a")
+(1.0, None)
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ class ForgettingProbe:
             if task != current:
                 drops.append(p.best - acc)
         retained = sum(accs) / len(accs) if accs else None
-        forgetting = sum(drops) / len(drops) if drops else (0.0 if accs else None)
+        forgetting = sum(drops) / len(drops) if drops else None
         return retained, forgetting
 
     def __len__(self) -> int:

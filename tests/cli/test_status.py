@@ -56,3 +56,11 @@ def test_quantile_matches_histogram_quantile_interpolation():
     assert _quantile(samples, "h", 0.5) == 1.0
     assert _quantile(samples, "h", 0.75) == 1.5
     assert _quantile({}, "h", 0.5) is None
+
+
+def test_nan_gauges_show_as_a_dash_not_as_zero():
+    registry = CollectorRegistry()
+    Metrics(registry).set_build("fomaml", 10)
+    text = format_status(summarize(parse(generate_latest(registry).decode())))
+    assert "adaptation gain -" in text and "lag - records" in text and "accuracy     - (sliding window)" in text
+    assert "nan" not in text.lower()

@@ -71,3 +71,39 @@ def test_newer_format_is_refused_with_a_clear_message(tmp_path):
 
 def test_empty_directory_has_no_checkpoint(tmp_path):
     assert CheckpointStore(tmp_path / "none").load_latest() is None
+
+
+def test_move_aside_renames_and_never_deletes(tmp_path):
+    from stream_meta.daemon.checkpoint import move_aside
+
+    d = tmp_path / "ckpt"
+    assert move_aside(d) is None  # nothing there: nothing to do
+    CheckpointStore(d).save({"w": 1}, {("t", 0): 5})
+    first = move_aside(d)
+    assert not d.exists() and first.name.startswith("ckpt.old-")
+    assert CheckpointStore(first).load_latest().offsets == {("t", 0): 5}
+    CheckpointStore(d).save({"w": 2}, {})
+    second = move_aside(d)
+    assert second != first and second.exists() and first.exists()  # same second: a new name
+
+
+def test_a_directory_that_cannot_be_renamed_keeps_its_place_and_moves_its_contents(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from stream_meta.daemon.checkpoint import move_aside
+
+    d = tmp_path / "volume"
+    CheckpointStore(d).save({"w": 1}, {("t", 0): 5})
+    real_rename = Path.rename
+
+    def rename(self, target):
+        if self == d:  # as for a mount point
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    inner = move_aside(d)
+    assert inner.parent == d and inner.name.startswith(".old-")
+    assert CheckpointStore(d).load_latest() is None  # the store sees an empty directory
+    assert CheckpointStore(inner).load_latest().offsets == {("t", 0): 5}

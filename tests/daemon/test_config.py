@@ -34,7 +34,7 @@ def test_config_is_frozen_and_comma_lists_parse():
     "argv, env, needle",
     [
         (["--input-dim", "0"], {}, "input_dim"),
-        (["--algorithm", "magic"], {}, "unknown algorithm"),
+        ([], {"STREAM_META_ALGORITHM": "magic"}, "unknown algorithm"),  # the flag is refused by argparse
         (["--metrics-port", "70000"], {}, "metrics_port"),
         ([], {"STREAM_META_NO_SUCH": "1"}, "STREAM_META_NO_SUCH"),
         ([], {"STREAM_META_INNER_LR": "fast"}, "inner_lr"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -36,9 +37,9 @@ def test_gauges_and_manifest_follow_the_learners_health(algorithm, tmp_path):
     assert gauge("replay_buffer_bytes", {"memory": "records"}) == health.memory_bytes
     manifest = json.loads(sorted((tmp_path / "ckpt").glob("ckpt-*.json"))[-1].read_text())
     assert (manifest["replay_episodes"], manifest["memory_records"]) == (health.replay_episodes, health.memory_records)
-    if algorithm == "sgd":  # no replay, no probes: zeros and an unset forgetting gauge
+    if algorithm == "sgd":  # no replay, no probes: zeros, and forgetting NaN (nothing measured)
         assert (health.replay_episodes, health.memory_records, health.forgetting) == (0, 0, None)
-        assert gauge("forgetting") == 0.0
+        assert math.isnan(gauge("forgetting"))
     else:
         assert health.replay_episodes > 0 and health.memory_records == 30 and health.forgetting is not None
         assert gauge("forgetting") == pytest.approx(health.forgetting)
