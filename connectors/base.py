@@ -17,6 +17,7 @@ class RawRecord:
     offset: int
     value: bytes | None
     key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()  # e.g. content-type of wire format v2
 
     @property
     def where(self) -> str:

@@ -141,7 +141,7 @@ class KafkaSource:
         out = []
         for tp in sorted(batches, key=lambda t: (t.topic, t.partition)):
             for m in batches[tp]:
-                out.append(RawRecord(m.topic, m.partition, m.offset, m.value, m.key))
+                out.append(RawRecord(m.topic, m.partition, m.offset, m.value, m.key, tuple(m.headers or ())))
         return out
 
     def _rewind_past_end(self) -> None:

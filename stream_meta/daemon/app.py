@@ -12,7 +12,8 @@ from stream_meta.learn.learner import Learner, OnlineMetaLearner, OnlineSGDLearn
 from stream_meta.daemon.metrics import Metrics
 from stream_meta.model import num_parameters
 from stream_meta.daemon.service import Service, Sinks
-from stream_meta.errors import ConfigError
+from stream_meta.daemon.stats import RunStats
+from stream_meta.daemon.wire import BatchDecoder
 
 
 def config_fingerprint(cfg: RunConfig) -> dict:
@@ -86,8 +87,10 @@ def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:
                         connect_timeout_s=cfg.connect_timeout_s)
         predictions = dlq if cfg.predictions_topic else None
     return Service(
-        cfg=cfg,
+        settings=cfg.service_settings,
         learner=learner,
+        decoder=BatchDecoder(cfg.input_dim, cfg.num_classes, cfg.max_message_bytes),
+        stats=RunStats(cfg.accuracy_window, cfg.max_tasks),
         open_source=open_source,
         sinks=Sinks(dlq, predictions),
         metrics=metrics,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args, get_origin
 
@@ -28,6 +29,29 @@ ENV_PREFIX = "STREAM_META_"
 # The values ``algorithm`` accepts, spelled out so loading a config needs no torch; a test
 # checks this list against the learners that exist (stream_meta.learn.learner.learner_names).
 ALGORITHM_CHOICES = ("maml", "fomaml", "reptile", "metasgd", "lamaml", "anil", "sgd")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What the service loop itself reads: polling, learn batches, checkpoints, stopping, sinks."""
+
+    poll_timeout_s: float = 0.5
+    learn_batch: int = 1
+    max_batch_wait_s: float = 0.05
+    checkpoint_every_records: int = 2000
+    checkpoint_every_s: float = 30.0
+    max_records: int | None = None
+    stop_at_end: bool = False
+    idle_timeout_s: float | None = None
+    offset_reset_policy: str = "earliest"
+    dlq_topic: str = "stream-meta.records.dlq"
+    predictions_topic: str | None = None
+    dlq_max_message_bytes: int = 1 << 20
+    dlq_failure_policy: str = "skip"
+    session_timeout_s: float = 10.0
+    progress: bool = False
+    accuracy_window: int = 1000
+    checkpoint_dir: Path = Path("checkpoints")
 
 
 class RunConfig(BaseModel):
@@ -51,6 +75,10 @@ class RunConfig(BaseModel):
     max_message_bytes: int = Field(1 << 20, ge=64, description="larger messages are rejected as too_large")
     poll_timeout_ms: int = Field(500, ge=1, description="how long one poll waits for records")
     max_poll_records: int = Field(500, ge=1, description="records fetched per poll at most")
+    learn_batch: int = Field(1, ge=1, le=4096, description="records predicted together, then learned together "
+                             "(at most one meta-update per task per batch); 1 = one record at a time")
+    max_batch_wait_ms: int = Field(50, ge=0, description="a learn batch still incomplete after this long is "
+                                   "learned as it is, so a slow topic is not held back")
     session_timeout_ms: int = Field(10000, ge=1000, description="consumer-group session timeout")
     request_timeout_ms: int = Field(30000, ge=1000, description="Kafka client request timeout")
     connect_timeout_s: float = Field(60.0, gt=0, description="at start-up, retry an unreachable broker with "
@@ -202,6 +230,20 @@ class RunConfig(BaseModel):
     @property
     def probe_cfg(self) -> ProbeConfig:
         return ProbeConfig(self.probe_per_task, self.probe_every)
+
+    # --- the service loop's own settings, handed whole to the service ------------------
+    @property
+    def service_settings(self) -> ServiceSettings:
+        return ServiceSettings(
+            poll_timeout_s=self.poll_timeout_ms / 1000, learn_batch=self.learn_batch,
+            max_batch_wait_s=self.max_batch_wait_ms / 1000, checkpoint_every_records=self.checkpoint_every_records,
+            checkpoint_every_s=self.checkpoint_every_s, max_records=self.max_records, stop_at_end=self.stop_at_end,
+            idle_timeout_s=self.idle_timeout_s, offset_reset_policy=self.offset_reset_policy,
+            dlq_topic=self.dlq_topic, predictions_topic=self.predictions_topic,
+            dlq_max_message_bytes=self.dlq_max_message_bytes, dlq_failure_policy=self.dlq_failure_policy,
+            session_timeout_s=self.session_timeout_ms / 1000, progress=self.progress,
+            accuracy_window=self.accuracy_window, checkpoint_dir=self.checkpoint_dir,
+        )
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain data with secrets masked, for the start-up log."""

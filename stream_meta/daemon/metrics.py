@@ -224,10 +224,15 @@ class Metrics:
 
         # -- latency ----------------------------------------------------------
         self.step_seconds = Histogram(
-            "step_seconds", "Seconds to predict and learn one record", namespace=NS, registry=r, buckets=LATENCY_BUCKETS,
+            "step_seconds", "Seconds to predict and learn one learn batch (--learn-batch records at most)",
+            namespace=NS, registry=r, buckets=LATENCY_BUCKETS,
         )
         self.inner_loop_seconds = Histogram(
-            "inner_loop_seconds", "Seconds to adapt fast weights to the record's task and predict (inner loop)",
+            "inner_loop_seconds", "Seconds to adapt fast weights to a learn batch's tasks and predict it (inner loop)",
+            namespace=NS, registry=r, buckets=LATENCY_BUCKETS,
+        )
+        self.prediction_latency = Histogram(
+            "prediction_latency_seconds", "Seconds from the poll that returned a record to its prediction",
             namespace=NS, registry=r, buckets=LATENCY_BUCKETS,
         )
         self.meta_update_seconds = Histogram(

@@ -1,7 +1,8 @@
-"""The daemon's one path for a record, top to bottom in :meth:`Service.run`:
+"""The daemon's one path for records, top to bottom in :meth:`Service.run`:
 
-poll -> decode/validate -> route to task -> predict (test-then-train) -> learn
--> metrics -> checkpoint (state + offsets together) -> commit offsets.
+poll -> cut into learn batches -> decode/validate -> route to task -> predict every record
+(test-then-train) -> learn the labelled ones together -> metrics -> checkpoint (state +
+offsets together) -> commit offsets.
 
 The service does no math (the learner does) and the learner does no I/O.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,24 +20,24 @@ from typing import Callable
 import torch
 
 from connectors.base import Offsets, RawRecord, SendFailure, Sink, Source
+from stream_meta.daemon.batching import Batcher
 from stream_meta.daemon.checkpoint import CheckpointStore
-from stream_meta.daemon.config import RunConfig
+from stream_meta.daemon.config import ServiceSettings
 from stream_meta.daemon.deadletters import SinkFailures, dead_letter
-from stream_meta.errors import CheckpointMismatchError, RecordError, StreamMetaError
-
-
-class OffsetRewindError(StreamMetaError):
-    """A partition's offsets went backwards under ``offset_reset_policy=fail``."""
-from stream_meta.learn.learner import Learner, LearnReport
 from stream_meta.daemon.metrics import Metrics
-from stream_meta.daemon.records import Decoder, Record
 from stream_meta.daemon.stats import RunStats
+from stream_meta.daemon.watch import ConnectionWatch, ProgressLine
+from stream_meta.daemon.wire import BatchDecoder
+from stream_meta.errors import CheckpointMismatchError, RecordError, StreamMetaError
+from stream_meta.learn.learner import Learner, LearnReport
 
 log = logging.getLogger(__name__)
 
 SourceFactory = Callable[[Offsets, Callable[[], Offsets]], Source]
-PROGRESS_TTY_S = 0.5  # seconds between progress updates on a terminal
-PROGRESS_PLAIN_S = 10.0  # ... and between plain progress lines in a file or pipe
+
+
+class OffsetRewindError(StreamMetaError):
+    """A partition's offsets went backwards under ``offset_reset_policy=fail``."""
 
 
 @dataclass
@@ -61,34 +61,35 @@ class Sinks:
 
 @dataclass
 class Service:
-    """Runs one learner over one source until stopped; see the module docstring."""
+    """Runs one learner over one source until stopped; see the module docstring.
 
-    cfg: RunConfig
+    Built from plain objects (:func:`stream_meta.daemon.app.build_service` wires them from
+    the config): the loop's own ``settings``, the learner, the decoder, the run statistics,
+    the source factory, the sinks, the metrics and the checkpoint store.
+    """
+
+    settings: ServiceSettings
     learner: Learner
+    decoder: BatchDecoder
+    stats: RunStats
     open_source: SourceFactory
     sinks: Sinks
     metrics: Metrics
     store: CheckpointStore
-    stats: RunStats = field(init=False)
     offsets: Offsets = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.stats = RunStats(self.cfg.accuracy_window, self.cfg.max_tasks)
-        self.decoder = Decoder(self.cfg.input_dim, self.cfg.num_classes, self.cfg.max_message_bytes)
         self._stop = threading.Event()
         self._heartbeat = time.monotonic()
         self._ready = False
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._last_record = time.monotonic()
-        self._last_progress = 0.0
-        # A plain line per interval when stderr is a file or pipe: a log must not fill with \r.
-        self._tty = sys.stderr.isatty()
         self.source: Source | None = None
-        self.sink_failures = SinkFailures(self.metrics, self.cfg.dlq_failure_policy)
-        self._was_up = False  # an outage is only declared after the source was up once
-        self._down_since: float | None = None
-        self._outage = False
+        self.batcher = Batcher(self.settings.learn_batch, self.settings.max_batch_wait_s)
+        self.sink_failures = SinkFailures(self.metrics, self.settings.dlq_failure_policy)
+        self.connection = ConnectionWatch(self.metrics.source_errors, self.settings.session_timeout_s)
+        self.progress = ProgressLine(self.settings.accuracy_window)
 
     # -- control ---------------------------------------------------------------
     def request_stop(self, reason: str = "") -> None:
@@ -112,11 +113,11 @@ class Service:
             while not self._stop.is_set():
                 self._heartbeat = time.monotonic()
                 try:
-                    batch = self.source.poll(self.cfg.poll_timeout_ms / 1000)
+                    polled = self.source.poll(self._poll_timeout_s())
                 except StreamMetaError as exc:
                     self._set_ready(False)
                     self.metrics.source_errors.inc()
-                    self._watch_connection(False, str(exc))
+                    self.connection.observe(False, str(exc))
                     log.warning("source unavailable, retrying in %.1fs: %s", backoff, exc)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 30.0)
@@ -124,28 +125,31 @@ class Service:
                 backoff = 0.5
                 connected = self.source.connected()
                 self._set_ready(connected)
-                self._watch_connection(connected or bool(batch))  # records arriving: it answers
+                self.connection.observe(connected or bool(polled))  # records arriving: it answers
+                now = time.monotonic()
+                self.batcher.add(polled, now)
                 busy_from = time.perf_counter()  # elapsed_seconds counts processing, never waiting
-                for raw in batch:
+                at_end = self.settings.stop_at_end and self.source.backlog_done()
+                for records, arrived in self.batcher.ready(now, drain=at_end):
                     if self._stop.is_set() or self._limit_reached():
                         break
-                    self.process(raw)
-                if batch:
+                    self.process(records[:self._room()], arrived)
+                if polled or at_end:
                     self.stats.elapsed_seconds += time.perf_counter() - busy_from
                 self._update_gauges()
-                if self.cfg.progress:
-                    self._show_progress()
+                if self.settings.progress:
+                    self.progress.show(self.stats)
                 if self._checkpoint_due():
                     self.checkpoint()
                 if self._limit_reached():
-                    self.request_stop(f"max_records={self.cfg.max_records} reached")
-                elif self.cfg.stop_at_end and self.source.backlog_done():
+                    self.request_stop(f"max_records={self.settings.max_records} reached")
+                elif at_end and not len(self.batcher):
                     self.request_stop("backlog consumed (--stop-at-end)")
-                elif self._idle_too_long(batch):
-                    self.request_stop(f"no records for {self.cfg.idle_timeout_s}s")
+                elif self._idle_too_long(polled):
+                    self.request_stop(f"no records for {self.settings.idle_timeout_s}s")
             self.checkpoint()
-            if self.cfg.progress:
-                self._show_progress(final=True)
+            if self.settings.progress:
+                self.progress.show(self.stats, final=True)
         finally:
             self._set_ready(False)
             if self.source is not None:
@@ -153,37 +157,44 @@ class Service:
             self.sinks.close()
         return self.stats.summary()
 
-    def process(self, raw: RawRecord) -> None:
-        """One record: decode, predict, learn, count. Bad input never escapes."""
+    def process(self, records: list[RawRecord], arrived: list[float] | None = None) -> None:
+        """One learn batch: every record is predicted before any is learned from. Bad input never escapes."""
         started = time.perf_counter()
-        expected = self.offsets.get((raw.topic, raw.partition))
-        if expected is not None and raw.offset < expected:
-            self._rewound(raw, expected)
-        self.stats.records_consumed += 1
-        self.metrics.records_consumed.inc()
-        self.offsets[(raw.topic, raw.partition)] = raw.offset + 1
-        self._since_checkpoint += 1
-        try:
-            record = self.decoder.decode(raw.value)
-        except RecordError as exc:
-            self._reject(raw, exc)
+        for raw in records:
+            expected = self.offsets.get((raw.topic, raw.partition))
+            if expected is not None and raw.offset < expected:
+                self._rewound(raw, expected)
+            self.offsets[(raw.topic, raw.partition)] = raw.offset + 1
+        self.stats.records_consumed += len(records)
+        self.metrics.records_consumed.inc(len(records))
+        self._since_checkpoint += len(records)
+        batch = self.decoder.decode([r.value for r in records], [r.headers for r in records])
+        for i, exc in batch.rejected:
+            self._reject(records[i], exc)
+        if not len(batch):
             return
-        x = torch.tensor(record.x, dtype=torch.float32)
-        predict_started = time.perf_counter()
-        prediction = self.learner.predict(record.task, x)
-        self.metrics.inner_loop_seconds.observe(time.perf_counter() - predict_started)
-        self.stats.predictions_emitted += 1
-        self.metrics.predictions.inc()
-        if self.sinks.predictions is not None:
-            self._emit_prediction(raw, record, prediction)
-        if record.labelled:
+        x = torch.from_numpy(batch.x)
+        predictions = self.learner.predict_batch(batch.tasks, x).tolist()
+        done = time.monotonic()
+        self.metrics.inner_loop_seconds.observe(time.perf_counter() - started)
+        self.stats.predictions_emitted += len(batch)
+        self.metrics.predictions.inc(len(batch))
+        for row, i in enumerate(batch.index):
+            self.metrics.prediction_latency.observe(done - arrived[i] if arrived is not None else 0.0)
+            if self.sinks.predictions is not None:
+                self._emit_prediction(records[i], batch.tasks[row], batch.ids[row], predictions[row])
+        labelled = [row for row, y in enumerate(batch.y.tolist()) if y >= 0]
+        for row in labelled:
+            task, correct = batch.tasks[row], predictions[row] == int(batch.y[row])
             tasks_before = self.stats.tasks_seen
-            self.stats.observe_prediction(record.task, prediction == record.y)
-            self.metrics.observe_prediction(record.task, prediction == record.y, self.stats.tasks_seen > tasks_before)
+            self.stats.observe_prediction(task, correct)
+            self.metrics.observe_prediction(task, correct, self.stats.tasks_seen > tasks_before)
+        if labelled:
             learn_started = time.perf_counter()
-            report = self.learner.learn(record.task, x, record.y)
+            report = self.learner.learn_batch([batch.tasks[r] for r in labelled], x[labelled],
+                                              torch.from_numpy(batch.y[labelled]))
             self.metrics.observe_meta_updates(time.perf_counter() - learn_started, report.meta_updates)
-            self._count_learning(raw, report)
+            self._count_learning(records[batch.index[labelled[-1]]], report, len(labelled))
         self.metrics.step_seconds.observe(time.perf_counter() - started)
 
     def _rewound(self, raw: RawRecord, expected: int) -> None:
@@ -196,7 +207,7 @@ class Service:
             f"{raw.where}: offset below the checkpointed next offset {expected}; "
             "the partition's log was truncated or recreated since the checkpoint"
         )
-        if self.cfg.offset_reset_policy == "fail":
+        if self.settings.offset_reset_policy == "fail":
             raise OffsetRewindError(message + " (offset_reset_policy=fail)")
         log.error("%s; learning from the broker's records as new ones (offset_reset_policy=earliest)", message)
 
@@ -204,21 +215,21 @@ class Service:
         self.stats.rejected_by_reason[exc.reason] += 1
         self.metrics.records_rejected.labels(exc.reason).inc()
         log.warning("rejected %s: %s", raw.where, exc)
-        key, value, headers, truncated = dead_letter(raw, exc, self.cfg.dlq_max_message_bytes)
+        key, value, headers, truncated = dead_letter(raw, exc, self.settings.dlq_max_message_bytes)
         if truncated is not None:
             self.metrics.dead_letters_truncated.inc()
             log.warning("dead letter of %s truncated from %d to %d bytes", raw.where, truncated, len(value))
         # Refusals come back from the next flush (tagged with the record), never as an exception here.
-        self.sinks.dlq.send(self.cfg.dlq_topic, value, key, headers, tag=raw.where)
+        self.sinks.dlq.send(self.settings.dlq_topic, value, key, headers, tag=raw.where)
 
-    def _emit_prediction(self, raw: RawRecord, record: Record, prediction: int) -> None:
-        body = {"id": record.id, "task": record.task, "prediction": prediction, "source": raw.where}
-        self.sinks.predictions.send(self.cfg.predictions_topic, json.dumps(body).encode(), raw.key,
+    def _emit_prediction(self, raw: RawRecord, task: str, rid: str | None, prediction: int) -> None:
+        body = {"id": rid, "task": task, "prediction": prediction, "source": raw.where}
+        self.sinks.predictions.send(self.settings.predictions_topic, json.dumps(body).encode(), raw.key,
                                     tag=raw.where)
 
-    def _count_learning(self, raw: RawRecord, report: LearnReport) -> None:
-        self.stats.records_learned += 1
-        self.metrics.records_learned.inc()
+    def _count_learning(self, raw: RawRecord, report: LearnReport, learned: int) -> None:
+        self.stats.records_learned += learned
+        self.metrics.records_learned.inc(learned)
         if report.meta_updates:
             self.stats.meta_updates += report.meta_updates
             self.metrics.meta_updates.inc(report.meta_updates)
@@ -230,8 +241,8 @@ class Service:
 
     # -- checkpoints -----------------------------------------------------------
     def _checkpoint_due(self) -> bool:
-        return self._since_checkpoint >= self.cfg.checkpoint_every_records or (
-            self._since_checkpoint > 0 and time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint_every_s
+        return self._since_checkpoint >= self.settings.checkpoint_every_records or (
+            self._since_checkpoint > 0 and time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_every_s
         )
 
     def checkpoint(self, commit: bool = True) -> None:
@@ -241,8 +252,8 @@ class Service:
         # Dead letters and predictions are out (or counted as failed) before offsets move past
         # them; under dlq_failure_policy=fail a failed dead letter raises here, before the save.
         failures = self.sinks.flush()
-        self.sink_failures.predictions([f for f in failures if f.topic != self.cfg.dlq_topic])
-        self.sink_failures.dead_letters([f for f in failures if f.topic == self.cfg.dlq_topic])
+        self.sink_failures.predictions([f for f in failures if f.topic != self.settings.dlq_topic])
+        self.sink_failures.dead_letters([f for f in failures if f.topic == self.settings.dlq_topic])
         state = {"learner": self.learner.state_dict(), "stats": self.stats.state_dict()}
         health = self.learner.health()
         info = {
@@ -273,12 +284,15 @@ class Service:
     def _on_revoke(self) -> Offsets:
         log.info("partitions revoked: checkpointing before hand-over")
         self.checkpoint(commit=False)  # the source commits these offsets itself, asynchronously
+        # Records held for an incomplete learn batch were not learned: whoever owns their
+        # partition next reads them again from the committed offsets.
+        self.batcher.clear()
         return dict(self.offsets)
 
     def _restore(self) -> None:
         ckpt = self.store.load_latest()
         if ckpt is None:
-            log.info("no checkpoint in %s: starting fresh", self.cfg.checkpoint_dir)
+            log.info("no checkpoint in %s: starting fresh", self.settings.checkpoint_dir)
             return
         try:
             self.learner.load_state_dict(ckpt.state["learner"])
@@ -286,7 +300,7 @@ class Service:
             # Only a checkpoint without a config fingerprint (older stream-meta) gets this far
             # with state of another shape; the store refuses a fingerprinted one earlier.
             raise CheckpointMismatchError(
-                f"checkpoint {ckpt.seq} in {self.cfg.checkpoint_dir} does not fit this configuration "
+                f"checkpoint {ckpt.seq} in {self.settings.checkpoint_dir} does not fit this configuration "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'state mismatch'}); "
                 "run with the settings it was written with, another --checkpoint-dir, or --fresh"
             ) from None
@@ -309,62 +323,31 @@ class Service:
 
     # -- sinks and source health ------------------------------------------------
     def _check_topics(self) -> None:
-        dlq = self.sinks.dlq.check_topics([self.cfg.dlq_topic])
+        dlq = self.sinks.dlq.check_topics([self.settings.dlq_topic])
         predictions = {}
-        if self.sinks.predictions is not None and self.cfg.predictions_topic:
-            predictions = self.sinks.predictions.check_topics([self.cfg.predictions_topic])
+        if self.sinks.predictions is not None and self.settings.predictions_topic:
+            predictions = self.sinks.predictions.check_topics([self.settings.predictions_topic])
         self.sink_failures.check_topics(dlq, predictions)
-
-    def _watch_connection(self, up: bool, cause: str = "") -> None:
-        """One log line (and one source error) when the source stops answering, one when it
-        is back. Not being connected counts as an outage once it lasts a session timeout
-        (a rebalance also leaves the consumer briefly without partitions)."""
-        now = time.monotonic()
-        if up:
-            if self._outage:
-                log.warning("source answering again after %.0fs", now - (self._down_since or now))
-            self._was_up, self._down_since, self._outage = True, None, False
-            return
-        if not self._was_up:
-            return  # not yet connected at start: the connect timeout covers that
-        if self._down_since is None:
-            self._down_since = now
-        if not self._outage and (cause or now - self._down_since >= self.cfg.session_timeout_ms / 1000):
-            self._outage = True
-            if not cause:  # a failed poll was counted where it failed
-                self.metrics.source_errors.inc()
-            log.error("source stopped answering%s; waiting for it (readiness is down meanwhile)",
-                      f" ({cause})" if cause else f" for {now - self._down_since:.0f}s")
 
     # -- helpers ---------------------------------------------------------------
     def _limit_reached(self) -> bool:
-        return self.cfg.max_records is not None and self.stats.records_consumed >= self.cfg.max_records
+        return self.settings.max_records is not None and self.stats.records_consumed >= self.settings.max_records
 
-    def _idle_too_long(self, batch: list) -> bool:
-        if batch or self.cfg.idle_timeout_s is None:
+    def _room(self) -> int | None:
+        """Records the next batch may hold before ``max_records`` (None: no limit)."""
+        limit = self.settings.max_records
+        return None if limit is None else max(0, limit - self.stats.records_consumed)
+
+    def _poll_timeout_s(self) -> float:
+        """The poll timeout, shortened so a held, incomplete learn batch is not kept past its wait."""
+        due = self.batcher.wait_s(time.monotonic())
+        return self.settings.poll_timeout_s if due is None else min(self.settings.poll_timeout_s, due)
+
+    def _idle_too_long(self, polled: list) -> bool:
+        if polled or self.settings.idle_timeout_s is None:
             self._last_record = time.monotonic()
             return False
-        return time.monotonic() - self._last_record > self.cfg.idle_timeout_s
-
-    def _show_progress(self, final: bool = False) -> None:
-        """Rewrites one line on a terminal (every 0.5 s); else one plain line every 10 s and at the end."""
-        now = time.monotonic()
-        if not final and now - self._last_progress < (PROGRESS_TTY_S if self._tty else PROGRESS_PLAIN_S):
-            return
-        self._last_progress = now
-        s = self.stats
-        acc = s.window_accuracy
-        rate = f"{s.records_consumed / s.elapsed_seconds:7.0f}" if s.elapsed_seconds > 0 else "      -"
-        line = (
-            f"  consumed {s.records_consumed:>7}  learned {s.records_learned:>7}  rejected {s.records_rejected:>4}"
-            f"  tasks {s.tasks_seen:>4}  accuracy(last {self.cfg.accuracy_window}) "
-            f"{'-' if acc is None else f'{100 * acc:5.1f}%'}  {rate} rec/s"
-        )
-        if self._tty:
-            sys.stderr.write(f"\r{line} " + ("\n" if final else ""))
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+        return time.monotonic() - self._last_record > self.settings.idle_timeout_s
 
     def _set_ready(self, ready: bool) -> None:
         self._ready = ready

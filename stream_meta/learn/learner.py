@@ -213,7 +213,7 @@ class OnlineMetaLearner:
         newest: dict[str, list[Episode]] = {}
         kept: list[int] = []
         for i, task in enumerate(tasks):
-            xi, yi = x[i], int(y[i])
+            xi, yi = x[i].clone(), int(y[i])  # a row of its own: windows keep it, not the whole batch
             if self.probe is not None:
                 if self.probe.offer(task, xi, yi):
                     continue  # held out: a probe record is never learned from

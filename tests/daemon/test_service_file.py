@@ -101,15 +101,15 @@ def test_fuzz_the_whole_per_record_path_never_raises(tmp_path):
         st.none() | st.integers(0, 3), st.none() | st.text(min_size=1, max_size=8))
     offset = iter(range(10**9))
 
-    @settings(max_examples=400, deadline=None)
-    @given(st.one_of(st.binary(max_size=300), valid))
-    def check(raw):
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.one_of(st.binary(max_size=300), valid), min_size=1, max_size=6))
+    def check(raws):
         before = (service.stats.records_consumed, service.stats.records_rejected, service.stats.predictions_emitted)
-        service.process(RawRecord("fuzz", 0, next(offset), raw))
+        service.process([RawRecord("fuzz", 0, next(offset), raw) for raw in raws])  # one learn batch
         consumed, rejected, predicted = (service.stats.records_consumed, service.stats.records_rejected,
                                          service.stats.predictions_emitted)
-        assert consumed == before[0] + 1
-        assert (rejected - before[1]) + (predicted - before[2]) == 1  # exactly one outcome per record
+        assert consumed == before[0] + len(raws)
+        assert (rejected - before[1]) + (predicted - before[2]) == len(raws)  # exactly one outcome per record
 
     check()
     service.sinks.close()

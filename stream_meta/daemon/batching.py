@@ -1,0 +1,80 @@
+"""Cuts the polled records into learn batches that do not depend on how the polls fell.
+
+A batch holds the records of one partition whose offsets lie in one aligned block
+``[k*N, (k+1)*N)``. A block is handed out when it is complete, or once its oldest record
+has waited ``max_wait_s`` (a slow topic is not held back), or when the daemon drains
+(stop, end of backlog). Because checkpoints fall between batches and blocks are aligned
+to offsets, a daemon restored from a checkpoint cuts the rest of the stream exactly as an
+uninterrupted one did: with ``--deterministic`` the learning is the same, batch for batch.
+
+>>> from connectors.base import RawRecord
+>>> b = Batcher(size=4, max_wait_s=60)
+>>> b.add([RawRecord("t", 0, o, b"") for o in range(2, 9)], now=0.0)
+>>> [[r.offset for r in batch] for batch, _ in b.ready(now=1.0)]
+[[2, 3], [4, 5, 6, 7]]
+>>> [[r.offset for r in batch] for batch, arrived in b.ready(now=1.0, drain=True)]
+[[8]]
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from connectors.base import RawRecord
+
+
+class Batcher:
+    """Holds polled records until their offset-aligned block is complete (or waited enough)."""
+
+    def __init__(self, size: int, max_wait_s: float) -> None:
+        self.size = size
+        self.max_wait_s = max_wait_s
+        # (topic, partition) -> records not handed out yet, in offset order, with when each was polled
+        self._held: OrderedDict[tuple[str, int], list[tuple[RawRecord, float]]] = OrderedDict()
+        self._since: dict[tuple[str, int], float] = {}
+
+    def add(self, records: Iterable[RawRecord], now: float) -> None:
+        for r in records:
+            key = (r.topic, r.partition)
+            held = self._held.setdefault(key, [])
+            if not held:
+                self._since[key] = now
+            held.append((r, now))
+
+    def ready(self, now: float, drain: bool = False) -> list[tuple[list[RawRecord], list[float]]]:
+        """The batches that may be learned now, each with when its records were polled."""
+        out: list[tuple[list[RawRecord], list[float]]] = []
+        for key in list(self._held):
+            held = self._held[key]
+            while held:
+                block_end = (held[0][0].offset // self.size + 1) * self.size
+                cut = 0
+                while cut < len(held) and held[cut][0].offset < block_end:
+                    cut += 1
+                complete = cut < len(held) or held[cut - 1][0].offset == block_end - 1
+                if not (complete or drain or now - self._since[key] >= self.max_wait_s):
+                    break
+                out.append(([r for r, _ in held[:cut]], [t for _, t in held[:cut]]))
+                del held[:cut]
+                self._since[key] = now
+            if not held:
+                del self._held[key]
+                self._since.pop(key, None)
+        return out
+
+    def wait_s(self, now: float) -> float | None:
+        """How long until the oldest held block is due anyway (None: nothing held)."""
+        if not self._since:
+            return None
+        return max(0.0, min(self._since.values()) + self.max_wait_s - now)
+
+    def clear(self) -> int:
+        """Forgets every held record (partitions were revoked: their next owner reads them); returns how many."""
+        n = sum(len(h) for h in self._held.values())
+        self._held.clear()
+        self._since.clear()
+        return n
+
+    def __len__(self) -> int:
+        return sum(len(h) for h in self._held.values())
