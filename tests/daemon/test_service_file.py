@@ -68,7 +68,7 @@ def test_sigterm_stops_cleanly_with_a_final_checkpoint(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "stream_meta.cli.main", "run", "--input-file", str(src), "--input-dim", "64",
          "--num-classes", "10", "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-port", "0",
-         "--summary-json", str(summary), "--idle-timeout-s", "600"],
+         "--summary-json", str(summary), "--idle-timeout-s", "600", "--checkpoint-every-s", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list((tmp_path / "ckpt").glob("ckpt-*.json")):
