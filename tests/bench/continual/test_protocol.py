@@ -26,6 +26,7 @@ def test_replay_forgets_less_than_no_replay_on_digits_split(one_thread):
     assert set(replay.fewshot_curve) == {"1-5", "6-10", "11-20", "21-50", "51+"}
 
 
+@pytest.mark.slow
 def test_bench_cl_writes_rows_table_and_plot(tmp_path, capsys):
     from stream_meta.cli.main import main
 
