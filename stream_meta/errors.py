@@ -11,6 +11,10 @@ class ConfigError(StreamMetaError):
     """The configuration is invalid; the message says which setting and why."""
 
 
+class MissingDependencyError(StreamMetaError):
+    """An optional package (an extra such as ``[data]``) is needed and not installed."""
+
+
 class RecordError(StreamMetaError):
     """A record from the stream is invalid.
 

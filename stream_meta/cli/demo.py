@@ -59,14 +59,14 @@ def _publish(bootstrap: str, topic: str, dataset: str, limit: int | None, seed: 
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from stream_meta.data.datasets import info
+    from stream_meta.data.datasets import require
     from stream_meta.data.local_broker import LocalBroker, create_topics
     from stream_meta.cli.run import finish, run_daemon
     from stream_meta.daemon.config import load_config
     from stream_meta.daemon.logs import setup_logging
 
     setup_logging()
-    meta = info(args.dataset)
+    meta = require(args.dataset)  # before the broker starts: a missing [data] extra fails at once
     if meta.needs_data_dir:
         raise StreamMetaError(f"{args.dataset} needs MNIST files: run `make mnist` and use stream-meta run instead")
     topic = "stream-meta.demo"

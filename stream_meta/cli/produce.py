@@ -21,10 +21,12 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from connectors.kafka import KafkaSink, raise_failures
     from stream_meta.daemon.records import encode
 
+    # The records first: a bad data set name or a missing [data] extra fails before connecting.
+    records = stream(args.dataset, seed=args.seed, limit=args.limit, n_tasks=args.tasks, per_task=args.per_task,
+                     data_dir=args.data_dir)
     sink = KafkaSink(bootstrap=args.bootstrap)
     n = 0
-    for rec in stream(args.dataset, seed=args.seed, limit=args.limit, n_tasks=args.tasks, per_task=args.per_task,
-                      data_dir=args.data_dir):
+    for rec in records:
         sink.send(args.topic, encode(rec["x"], rec["y"], rec["task"], rec["id"]))
         n += 1
         if n % 5000 == 0:

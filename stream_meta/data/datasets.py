@@ -17,16 +17,16 @@ prefix of a longer one.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import ndimage
 
 from stream_meta.data.mnist_idx import load_mnist_idx
-from stream_meta.errors import ConfigError
+from stream_meta.errors import ConfigError, MissingDependencyError
 
 __all__ = [
     "DATASETS",
@@ -36,6 +36,7 @@ __all__ = [
     "iter_tasks",
     "load_mnist_idx",
     "make_tasks",
+    "require",
     "stream",
 ]
 
@@ -148,6 +149,31 @@ def info(name: str) -> DatasetInfo:
         ) from None
 
 
+_DISTRIBUTIONS = {"sklearn": "scikit-learn", "scipy": "scipy"}  # import name -> pip name
+
+
+def _needs(spec: _Spec) -> list[str]:
+    """Import names of the optional packages a data set needs (the ``[data]`` extra)."""
+    needs = ["sklearn"] if spec.source == "digits" else []
+    return needs + (["scipy"] if spec.family == "rotations" else [])
+
+
+def require(name: str) -> DatasetInfo:
+    """Like :func:`info`, and fails early if data set ``name`` needs a package not installed.
+
+    The daemon does not depend on scikit-learn or scipy; only the digits data sets and
+    rotations do, so a daemon-only install says what to add instead of an ImportError.
+    """
+    meta = info(name)
+    missing = [_DISTRIBUTIONS[m] for m in _needs(_SPECS[name]) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependencyError(
+            f"data set {name!r} needs {' and '.join(missing)}: "
+            "pip install 'stream-meta[data]' (or [bench]; `make install` does)"
+        )
+    return meta
+
+
 @dataclass(frozen=True)
 class _Pools:
     """Images ``[n, side, side]`` as stored (integers), divided by ``scale`` on use."""
@@ -219,6 +245,8 @@ def _draw(rng: np.random.Generator, pool: np.ndarray | int, k: int, what: str) -
 def _rotate(images: np.ndarray, angle: int) -> np.ndarray:
     if angle % 360 == 0 or len(images) == 0:
         return images  # exact identity, not an interpolated copy
+    from scipy import ndimage  # the [data] extra; require() has checked it is there
+
     out = ndimage.rotate(images, angle, axes=(1, 2), reshape=False, order=1, cval=0.0)
     # Linear interpolation stays within [0, 1] up to rounding error.
     return np.clip(out, 0.0, 1.0, out=out)
@@ -296,7 +324,7 @@ def iter_tasks(
 
     Arguments are checked and the data loaded when called, not on first ``next``.
     """
-    info(name)
+    require(name)
     spec = _SPECS[name]
     n = _positive(spec.n_tasks if n_tasks is None else n_tasks, "n_tasks")
     if n > _MAX_TASKS[spec.family]:
@@ -350,7 +378,7 @@ def stream(
     with the same arguments, ``x`` rounded to 4 decimals. Few-shot data sets stream up
     to ``MAX_STREAM_TASKS`` tasks unless ``n_tasks`` is given; ``limit`` stops early.
     """
-    spec = _SPECS[info(name).name]
+    spec = _SPECS[require(name).name]
     if limit is not None:
         limit = _positive(limit, "limit", minimum=0)
     if n_tasks is None and spec.family == "fewshot":

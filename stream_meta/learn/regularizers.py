@@ -169,12 +169,18 @@ class SynapticIntelligence(Regularizer):
         self.omega, self.start = None, {k: v.clone() for k, v in params.items()}
         return out
 
+    # Copies both ways: omega grows in place every step, so sharing it would change a saved
+    # state after the fact (or a loaded one under its owner).
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "omega": self.omega, "start": self.start}
+        return {**super().state_dict(), "omega": _copy(self.omega), "start": _copy(self.start)}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.omega, self.start = state["omega"], state["start"]
+        self.omega, self.start = _copy(state["omega"]), _copy(state["start"])
+
+
+def _copy(params: Params | None) -> Params | None:
+    return None if params is None else {k: v.clone() for k, v in params.items()}
 
 
 REGULARIZERS: dict[str, type[Regularizer]] = {"ewc": OnlineEWC, "si": SynapticIntelligence, "mas": MAS}

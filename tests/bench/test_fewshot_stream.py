@@ -2,6 +2,7 @@
 labels permuted per task, 40 records each. Late-in-task accuracy of the
 meta-learner must be far above plain online SGD on the same stream."""
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from stream_meta.bench.engine import write_stream
@@ -16,6 +17,7 @@ def _run(tmp_path, src, algorithm):
     return build_service(cfg, CollectorRegistry()).run()
 
 
+@pytest.mark.slow
 def test_meta_learners_adapt_to_new_tasks_far_better_than_online_sgd(tmp_path):
     src = tmp_path / "fewshot.jsonl"
     write_stream(src, "digits-fewshot", 2400)

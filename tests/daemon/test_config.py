@@ -1,6 +1,7 @@
 import argparse
 
 import pytest
+from pydantic import ValidationError
 
 from stream_meta.daemon.config import RunConfig, add_flags, load_config
 from stream_meta.errors import ConfigError
@@ -26,8 +27,9 @@ def test_precedence_is_defaults_then_file_then_env_then_flags(tmp_path):
 def test_config_is_frozen_and_comma_lists_parse():
     cfg = load_config(_flags(["--hidden", "32,16", "--no-progress"]), env={})
     assert cfg.hidden == (32, 16) and cfg.progress is False
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.topic = "other"
+    assert cfg.topic != "other"
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import math
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from stream_meta.daemon import metrics as metrics_module
 from stream_meta.daemon.metrics import Metrics, RateMeter, TaskAccuracy
 
 
@@ -13,16 +14,19 @@ def _value(registry: CollectorRegistry, name: str, **labels) -> float | None:
     return registry.get_sample_value(name, labels or None)
 
 
-def test_fresh_registry_exports_the_catalogue_with_nan_accuracies_and_preinitialised_labels():
+def test_fresh_registry_exports_the_catalogue_with_nan_accuracies_and_preinitialised_labels(monkeypatch):
+    clock = [1_000.0]
+    monkeypatch.setattr(metrics_module.time, "time", lambda: clock[0])
     registry = CollectorRegistry()
     Metrics(registry)
+    clock[0] += 7.0
     text = generate_latest(registry).decode()
     assert math.isnan(_value(registry, "stream_meta_prequential_accuracy"))
     assert math.isnan(_value(registry, "stream_meta_accuracy_by_task_position", position="1-5"))
     assert math.isnan(_value(registry, "stream_meta_task_prequential_accuracy", task="other"))
     assert _value(registry, "stream_meta_task_boundaries_total", kind="new") == 0
     assert _value(registry, "stream_meta_task_boundaries_total", kind="return") == 0
-    assert _value(registry, "stream_meta_last_checkpoint_age_seconds") >= 0
+    assert _value(registry, "stream_meta_last_checkpoint_age_seconds") == 7.0  # since start, before the first
     for name in ("stream_meta_inner_loop_seconds_count", "stream_meta_meta_update_seconds_count",
                  "stream_meta_records_per_second", "process_cpu_seconds_total"):
         assert name in text

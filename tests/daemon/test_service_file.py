@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from stream_meta.data.datasets import stream
@@ -61,6 +62,7 @@ def test_accuracy_rises_within_tasks_on_real_data(tmp_path):
     assert s["prequential_accuracy"] > 0.5  # 10 classes: chance is 0.1
 
 
+@pytest.mark.integration  # a real daemon process, stopped by a signal
 def test_sigterm_stops_cleanly_with_a_final_checkpoint(tmp_path):
     src = tmp_path / "in.jsonl"
     _write(src, 1500)
@@ -68,7 +70,7 @@ def test_sigterm_stops_cleanly_with_a_final_checkpoint(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "stream_meta.cli.main", "run", "--input-file", str(src), "--input-dim", "64",
          "--num-classes", "10", "--checkpoint-dir", str(tmp_path / "ckpt"), "--metrics-port", "0",
-         "--summary-json", str(summary), "--idle-timeout-s", "600"],
+         "--summary-json", str(summary), "--idle-timeout-s", "600", "--checkpoint-every-s", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list((tmp_path / "ckpt").glob("ckpt-*.json")):
@@ -115,6 +117,7 @@ def test_fuzz_the_whole_per_record_path_never_raises(tmp_path):
     service.sinks.close()
 
 
+@pytest.mark.integration  # a real daemon process, stopped by a signal
 def test_a_graceful_stop_that_outlasts_its_timeout_exits_non_zero(tmp_path):
     src = tmp_path / "in.jsonl"
     _write(src, 1500)

@@ -54,6 +54,7 @@ def _exported_names(live_stack) -> set[str]:
     return {name for samples in exported(live_stack.scrape).values() for name in samples} | SYNTHETIC
 
 
+@pytest.mark.integration  # live_stack: a broker, the daemon and Prometheus
 def test_dashboard_and_alerts_name_only_exported_metrics(live_stack):
     names = _exported_names(live_stack)
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "stream-meta.json").read_text())
@@ -63,6 +64,7 @@ def test_dashboard_and_alerts_name_only_exported_metrics(live_stack):
     assert not unknown, f"expressions name metrics the daemon does not export: {sorted(unknown)}"
 
 
+@pytest.mark.integration  # live_stack: a broker, the daemon and Prometheus
 def test_dashboard_has_a_panel_for_every_catalogue_metric(live_stack):
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "stream-meta.json").read_text())
     used = {m for _, expr in dashboard_exprs(dashboard) for m in metric_names(expr)}
@@ -72,6 +74,7 @@ def test_dashboard_has_a_panel_for_every_catalogue_metric(live_stack):
     assert not missing, f"no dashboard panel for {missing}"
 
 
+@pytest.mark.integration  # live_stack: a broker, the daemon and Prometheus
 def test_readme_catalogue_documents_every_exported_metric(live_stack):
     readme = (ROOT / "README.md").read_text()
     doc = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
@@ -130,6 +133,9 @@ def test_compose_runs_kafka_kraft_producer_daemon_prometheus_grafana_with_health
     argv = shlex.split(line.replace("$$i", "0"))[1:]
     produce = _parser().parse_args(argv)
     assert produce.topic == cfg.topic and produce.bootstrap == cfg.bootstrap
+    # the daemon's image is core-only; the producer's adds the [data] extra its data set needs
+    assert "args" not in daemon["build"] and services["producer"]["build"]["args"] == {"EXTRAS": "[data]"}
+    assert services["producer"]["image"] != daemon["image"]
 
     # Prometheus scrapes the daemon's service name and port, with the rule files mounted
     prom = _yaml(PROM / "prometheus.yml")
@@ -217,6 +223,9 @@ def test_dockerfile_is_multistage_cpu_torch_non_root_with_healthcheck():
     stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\w+))?", text, re.M)
     assert len(stages) >= 2 and "COPY --from=build" in text
     assert "download.pytorch.org/whl/cpu" in text
+    # the daemon only by default: no extra, no torchvision (a [bench] dependency)
+    assert re.search(r'^ARG EXTRAS=""$', text, re.M) and 'pip install ".${EXTRAS}"' in text
+    assert "torchvision" not in text
     user = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert user and user[-1].split(":")[0] not in ("root", "0")
     assert re.search(r'^ENTRYPOINT \[.*"stream-meta"\]$', text, re.M)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,6 +68,7 @@ def test_reservoir_is_bounded(capacity, n):
     assert len(r.sample(5, g)) == min(5, len(r))
 
 
+@pytest.mark.slow
 def test_reservoir_is_uniform_over_the_stream():
     # Chi-square test of inclusion counts per stream position, fixed seed.
     capacity, n, trials = 10, 50, 2000

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -57,6 +58,7 @@ def test_task_balanced_keeps_an_equal_share_of_every_task():
     assert sorted(m.group_sizes().values()) == [10, 10, 10, 10]
 
 
+@pytest.mark.slow
 def test_reservoir_is_uniform_over_the_stream():
     # Chi-square test of inclusion counts per stream position, fixed seed.
     capacity, n, trials = 10, 50, 1500

@@ -25,6 +25,7 @@ def test_rejects_a_ragged_matrix():
         cl_metrics([[0.1, 0.2]])
 
 
+@pytest.mark.slow
 def test_peak_rss_of_a_worker_is_its_own_not_its_parents():
     """A child of a large parent reports its own peak; ru_maxrss would report the parent's."""
     import subprocess
