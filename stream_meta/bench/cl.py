@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baselines", default="online-naive,naive,replay,ewc,er-ace,mir,mer,lamaml,gdumb",
                    help=f"Avalanche strategies ('none' for none), of {','.join(AVALANCHE_METHODS)}")
     p.add_argument("--baseline-minibatch", type=int, default=10, help="records per Avalanche minibatch")
+    p.add_argument("--learn-batch", default="1", help="stream-meta learners' --learn-batch, a comma list runs "
+                   "each learner at each size (rows named LEARNER@bN)")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
@@ -180,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = _dataset(args.protocol, args.source)
     learners = [m for m in args.learners.split(",") if m and m != "none"]
     baselines = [m for m in args.baselines.split(",") if m and m != "none"]
+    learn_batches = [int(b) for b in args.learn_batch.split(",") if b]
     for m in learners:
         if m not in LEARNERS:
             p.error(f"unknown learner {m!r}; choose from {','.join(LEARNERS)}")
@@ -202,8 +205,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{dataset} seed {seed}: {len(tasks)} tasks, {n} records, "
                   f"{len(tasks[0].test_y)} held out per task (built in {time.perf_counter() - t0:.0f} s)", file=sys.stderr)
             for m in learners:
-                spec = {"method": m, "seed": seed, "data": str(data)}
-                rows.append(_row(m, "stream-meta", seed, _run_worker("stream_meta.bench.continual.runner", spec, f"{m}-{seed}", work)))
+                for size in learn_batches:
+                    name = m if len(learn_batches) == 1 and size == 1 else f"{m}@b{size}"
+                    spec = {"method": m, "seed": seed, "data": str(data), "learn_batch": size}
+                    out = _run_worker("stream_meta.bench.continual.runner", spec, f"{m}-b{size}-{seed}", work)
+                    rows.append(_row(name, "stream-meta", seed, out))
             for m in baselines:
                 spec = {"method": m, "seed": seed, "data": str(data), "minibatch": args.baseline_minibatch}
                 out = _run_worker("stream_meta.bench.continual.avalanche_baselines", spec, f"avalanche-{m}-{seed}", work)

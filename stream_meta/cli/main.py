@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                      "(never deleted); with Kafka the group's committed offsets still apply: "
                      "use a new --group to learn the topic from its start")
 
-    prod = sub.add_parser("produce", help="publish a built-in data set in wire format v1", epilog=EXAMPLES["produce"])
+    prod = sub.add_parser("produce", help="publish a built-in data set in wire format v1 (JSON) or v2 (f32)",
+                          epilog=EXAMPLES["produce"])
     prod.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers (default: %(default)s)")
     prod.add_argument("--topic", help="topic to publish to (required unless --list)")
     prod.add_argument("--dataset", help="a built-in data set (required unless --list; see --list)")
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     prod.add_argument("--per-task", type=int, default=None, help="records per task (default: the data set's)")
     prod.add_argument("--data-dir", default=None, help="MNIST idx directory for mnist-* data sets (see `make mnist`)")
     prod.add_argument("--seed", type=int, default=0, help="seed of the data set's tasks (default: %(default)s)")
+    prod.add_argument("--format", choices=["json", "f32"], default="json",
+                      help="wire format v1 (JSON) or v2 (binary float32 with headers) (default: %(default)s)")
 
     brk = sub.add_parser("broker", help="run the bundled Kafka-compatible test broker in the foreground",
                          description="Runs Tansu (in-memory, from the dev extra) on 127.0.0.1 until Ctrl-C, "

@@ -1,4 +1,4 @@
-"""``stream-meta produce``: publish a built-in data set to a topic in wire format v1."""
+"""``stream-meta produce``: publish a built-in data set to a topic in wire format v1 or v2."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     info(args.dataset)  # an unknown name fails here, listing the valid ones, before connecting
     from connectors.kafka import KafkaSink, raise_failures
     from stream_meta.daemon.records import encode
+    from stream_meta.daemon.wire import encode_f32
 
     # The records first: a bad data set name or a missing [data] extra fails before connecting.
     records = stream(args.dataset, seed=args.seed, limit=args.limit, n_tasks=args.tasks, per_task=args.per_task,
@@ -27,7 +28,11 @@ def cmd_produce(args: argparse.Namespace) -> int:
     sink = KafkaSink(bootstrap=args.bootstrap)
     n = 0
     for rec in records:
-        sink.send(args.topic, encode(rec["x"], rec["y"], rec["task"], rec["id"]))
+        if args.format == "f32":
+            value, headers = encode_f32(rec["x"], rec["y"], rec["task"], rec["id"])
+            sink.send(args.topic, value, None, headers)
+        else:
+            sink.send(args.topic, encode(rec["x"], rec["y"], rec["task"], rec["id"]))
         n += 1
         if n % 5000 == 0:
             raise_failures(sink.flush())

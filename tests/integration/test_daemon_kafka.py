@@ -102,7 +102,7 @@ def test_run_learns_every_good_record_and_dead_letters_every_bad_one(broker, tmp
     assert summary["predictions_emitted"] == len(good) + len(unlabelled)
     assert summary["tasks_seen"] == len({r["task"] for r in good})
     assert summary["meta_updates"] > 0
-    assert 0.0 <= summary["prequential_accuracy"] <= 1.0
+    assert summary["prequential_accuracy"] > 0.3  # ten classes: chance is 0.1
     assert sum(summary["records_by_task_position"].values()) == len(good)
     assert "prequential accuracy" in out  # the table printed at exit
 

@@ -57,16 +57,21 @@ def _digest(ckpt) -> str:
     return json.loads(out.stdout)["meta_parameters_sha256"]
 
 
-def test_kill_9_many_times_learns_every_record_exactly_once(broker, tmp_path):
+@pytest.mark.parametrize("learn_batch", [1, 16])
+def test_kill_9_many_times_learns_every_record_exactly_once(broker, tmp_path, learn_batch):
     # One partition: across partitions the interleaving of records depends on fetch
     # timing, so only a single partition's order makes bit-identical replays possible.
-    topic = "faults.kill9"
+    # Learn batches are aligned to offsets and checkpoints fall between them, so a restored
+    # daemon cuts the rest of the stream as the uninterrupted one did.
+    topic = f"faults.kill9.b{learn_batch}"
     create_topics(broker.bootstrap, {topic: 1})
     records = list(stream("digits-rotations", limit=900))
     _produce(broker.bootstrap, topic, records, partitions=1)
+    batching = ("--learn-batch", str(learn_batch), "--max-batch-wait-ms", "600000")
 
     # the reference: one uninterrupted run in its own group
-    ref = _daemon(broker.bootstrap, topic, "ref", tmp_path / "ref", tmp_path / "ref.json", 0, "--stop-at-end")
+    ref = _daemon(broker.bootstrap, topic, "ref", tmp_path / "ref", tmp_path / "ref.json", 0, "--stop-at-end",
+                  *batching)
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
     reference = json.loads((tmp_path / "ref.json").read_text())
     assert reference["records_learned"] == len(records)
@@ -75,7 +80,7 @@ def test_kill_9_many_times_learns_every_record_exactly_once(broker, tmp_path):
     ckpt, summary, kills = tmp_path / "crashy", tmp_path / "crashy.json", 0
     for cycle in range(6):
         port = free_port()
-        proc = _daemon(broker.bootstrap, topic, "crashy", ckpt, summary, port, "--stop-at-end")
+        proc = _daemon(broker.bootstrap, topic, "crashy", ckpt, summary, port, "--stop-at-end", *batching)
         deadline = time.monotonic() + 120
         start = None
         while time.monotonic() < deadline and proc.poll() is None:
@@ -94,7 +99,7 @@ def test_kill_9_many_times_learns_every_record_exactly_once(broker, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-    final = _daemon(broker.bootstrap, topic, "crashy", ckpt, summary, 0, "--stop-at-end")
+    final = _daemon(broker.bootstrap, topic, "crashy", ckpt, summary, 0, "--stop-at-end", *batching)
     assert final.wait(timeout=300) == 0, final.stderr.read()
     result = json.loads(summary.read_text())
     assert kills >= 3

@@ -84,9 +84,11 @@ def evaluate(learner, tasks: Sequence[Task], recent: dict[str, deque]) -> tuple[
     return meta, adapted
 
 
-def run_protocol(learner: OnlineMetaLearner | OnlineSGDLearner, tasks: Sequence[Task], *, progress: Progress | None = None) -> ProtocolResult:
-    """Streams ``tasks`` through ``learner`` (predict, then learn, per record) and
-    evaluates every task after each one. ``learner`` is an ``OnlineMetaLearner`` or
+def run_protocol(learner: OnlineMetaLearner | OnlineSGDLearner, tasks: Sequence[Task], *,
+                 progress: Progress | None = None, learn_batch: int = 1) -> ProtocolResult:
+    """Streams ``tasks`` through ``learner`` as the daemon does with ``--learn-batch``
+    (predict ``learn_batch`` records together, then learn them together; 1 = per record)
+    and evaluates every task after each one. ``learner`` is an ``OnlineMetaLearner`` or
     ``OnlineSGDLearner``."""
     matrix: list[list[float]] = []
     adapted_rows: list[list[float]] | None = []
@@ -100,14 +102,18 @@ def run_protocol(learner: OnlineMetaLearner | OnlineSGDLearner, tasks: Sequence[
         ys = task.train_y.tolist()
         window = recent.setdefault(task.name, deque(maxlen=size))
         start = time.perf_counter()
-        for pos, (x, y) in enumerate(zip(xs, ys), start=1):
-            ok = learner.predict(task.name, x) == y
-            learner.learn(task.name, x, y)
-            window.append((x, y))
-            correct += ok
-            bucket = hits[position_bucket(pos)]
-            bucket[0] += ok
-            bucket[1] += 1
+        yt = torch.from_numpy(task.train_y).long()
+        for first in range(0, len(ys), learn_batch):
+            x, y = xs[first:first + learn_batch], yt[first:first + learn_batch]
+            names = [task.name] * len(y)
+            oks = (learner.predict_batch(names, x) == y).tolist()
+            learner.learn_batch(names, x, y)
+            for pos, (xi, yi, ok) in enumerate(zip(x, ys[first:first + learn_batch], oks), start=first + 1):
+                window.append((xi, yi))
+                correct += ok
+                bucket = hits[position_bucket(pos)]
+                bucket[0] += ok
+                bucket[1] += 1
         learn_seconds += time.perf_counter() - start
         records += len(ys)
         meta, adapted = evaluate(learner, tasks, recent)

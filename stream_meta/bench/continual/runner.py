@@ -115,7 +115,7 @@ def run(spec: dict) -> dict:
     def progress(done: int, total: int) -> None:
         print(json.dumps({"progress": [done, total]}), file=sys.stderr, flush=True)
 
-    r = run_protocol(learner, tasks, progress=progress)
+    r = run_protocol(learner, tasks, progress=progress, learn_batch=spec.get("learn_batch", 1))
     return {
         "matrix": r.matrix, "matrix_adapted": r.matrix_adapted, "records": r.records, "learn_seconds": r.learn_seconds,
         "fewshot_curve": r.fewshot_curve, "prequential_accuracy": r.prequential_accuracy,
