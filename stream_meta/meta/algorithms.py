@@ -79,6 +79,8 @@ class GradientMetaAlgorithm:
             descends it too).
         rule: the inner update rule (:mod:`stream_meta.meta.rules`); ``None`` is plain
             SGD (Meta-SGD and La-MAML bring their own).
+        inner_loss: the loss the inner loop descends, if not ``loss`` (e.g. a learned
+            loss; the query set is always scored with ``loss``).
         clip_grad_norm: clip the global norm of the meta-gradient (params and extra
             together) to this value; ``None`` disables clipping.
         max_inner_lr: the inner ``lr`` passed to ``adapt``/``meta_gradient`` must lie
@@ -89,18 +91,19 @@ class GradientMetaAlgorithm:
 
     name: ClassVar[str] = ""
     order: ClassVar[Order] = "second"
-    learns_step_sizes: ClassVar[bool] = False
 
     def __init__(
         self,
         *,
         loss: str | InnerLoss = "ce",
         rule: UpdateRule | None = None,
+        inner_loss: str | InnerLoss | None = None,
         clip_grad_norm: float | None = None,
         max_inner_lr: float = 10.0,
         backend: str = "auto",
     ) -> None:
         self._loss = get_loss(loss)
+        self._inner_loss = None if inner_loss is None else get_loss(inner_loss)
         if rule is not None and not isinstance(rule, UpdateRule):
             raise ValueError(f"rule must be an UpdateRule, got {rule!r}")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
@@ -111,6 +114,7 @@ class GradientMetaAlgorithm:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         self.loss = loss
         self.rule = rule
+        self.inner_loss = inner_loss
         self.clip_grad_norm = clip_grad_norm
         self.max_inner_lr = max_inner_lr
         self.backend = backend
@@ -130,7 +134,8 @@ class GradientMetaAlgorithm:
 
     def init_extra(self, params: Params) -> Params:
         """The rule's and the loss's meta-parameters, at their initial values."""
-        return {**self.update_rule().init_params(params, tuple(params)), **self._loss.init_params(params)}
+        losses = (self._loss, *(() if self._inner_loss is None else (self._inner_loss,)))
+        return {**self.update_rule().init_params(params, tuple(params)), **{k: v for f in losses for k, v in f.init_params(params).items()}}
 
     def project_extra(self, extra: Params) -> None:
         """Keep ``extra`` in bounds (in place) after an optimiser step."""
@@ -143,7 +148,7 @@ class GradientMetaAlgorithm:
         """The inner loop this algorithm runs: what every engine is handed."""
         self._check_lr(lr)
         names = self.adapted_names(model, params)
-        return InnerLoop(steps, lr, names, self.order, self._loss, self.update_rule())
+        return InnerLoop(steps, lr, names, self.order, self._loss, self.update_rule(), self._inner_loss)
 
     def engine(self, model: nn.Module, params: Params, *, inputs_2d: bool = True) -> tuple[str, str]:
         """The engine ``backend`` resolves to for ``model`` and why (as logged)."""
@@ -241,7 +246,6 @@ class MetaSGD(GradientMetaAlgorithm):
     """
 
     name = "metasgd"
-    learns_step_sizes = True
 
     def __init__(self, *, first_order: bool = False, max_scale: float = 10.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)

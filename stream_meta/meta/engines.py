@@ -4,7 +4,8 @@ that picks between them.
 - ``reference``: :mod:`stream_meta.meta.reference`, plain ``torch.func`` (any model,
   rule and loss; the ground truth of the tests);
 - ``fast``: :mod:`stream_meta.meta.fast`, MLPs with a linear update rule and a loss
-  without meta-parameters (:func:`~stream_meta.meta.fast.declines` says why not);
+  without meta-parameters (:func:`~stream_meta.meta.fast.declines` says why not; plain
+  adaptation of ReLU MLPs takes any rule, :func:`~stream_meta.meta.fast.adapt_declines`);
 - ``auto``: ``fast`` where it applies, else ``reference``; the choice and the reason
   are logged once per distinct outcome and reported by :func:`choose_engine`.
 
@@ -16,12 +17,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 from torch import nn
 
-from stream_meta.meta.fast import declines, fast_adapt, fast_group
+from stream_meta.meta.fast import adapt_declines, declines, fast_adapt, fast_group
 from stream_meta.meta.reference import adapt as reference_adapt
 from stream_meta.meta.reference import reference_group
 from stream_meta.meta.spec import Episode, GroupResult, InnerLoop, TaskBatch
@@ -29,11 +29,16 @@ from stream_meta.model import Params
 
 log = logging.getLogger(__name__)
 BACKENDS: tuple[str, ...] = ("auto", "reference", "fast")
-_announced: set[tuple[str, str, str]] = set()
+_announced: set[tuple[str, str, str, bool]] = set()
+_reasons: dict[tuple, str | None] = {}
+_UNSEEN = object()
 
 
-def choose_engine(backend: str, model: nn.Module, spec: InnerLoop, flat_inputs: bool = True) -> tuple[str, str]:
-    """The engine ``backend`` resolves to for ``spec`` on ``model``, and why.
+def choose_engine(
+    backend: str, model: nn.Module, spec: InnerLoop, flat_inputs: bool = True, adapt_only: bool = False
+) -> tuple[str, str]:
+    """The engine ``backend`` resolves to for ``spec`` on ``model`` (for a meta-gradient,
+    or with ``adapt_only`` for plain adaptation), and why.
 
     Raises ``ValueError`` for an unknown backend, or ``"fast"`` where it does not apply.
     """
@@ -41,15 +46,23 @@ def choose_engine(backend: str, model: nn.Module, spec: InnerLoop, flat_inputs: 
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend == "reference":
         return "reference", "asked for"
-    reason = declines(model, spec, flat_inputs)
+    key = (model, spec, flat_inputs, adapt_only)
+    try:  # per-record adaptation asks again and again: remember (a spec is a frozen dataclass)
+        reason = _reasons.get(key, _UNSEEN)
+    except TypeError:  # a rule or loss that is not hashable
+        key, reason = None, _UNSEEN
+    if reason is _UNSEEN:
+        reason = (adapt_declines if adapt_only else declines)(model, spec, flat_inputs)
+        if key is not None and len(_reasons) < 256:
+            _reasons[key] = reason
     if backend == "fast":
         if reason is not None:
             raise ValueError(f"the fast backend cannot run this: {reason}")
         return "fast", "asked for"
     engine, why = ("fast", "the fast path applies") if reason is None else ("reference", f"fast path declines: {reason}")
-    if (backend, engine, why) not in _announced:
-        _announced.add((backend, engine, why))
-        log.info("meta engine: %s chose %s (%s)", backend, engine, why)
+    if (backend, engine, why, adapt_only) not in _announced:
+        _announced.add((backend, engine, why, adapt_only))
+        log.info("meta engine: %s chose %s%s (%s)", backend, engine, " to adapt" if adapt_only else "", why)
     return engine, why
 
 
@@ -115,8 +128,7 @@ def adapt(
 ) -> Params:
     """One task's fast weights from ``(x, y)`` under ``spec`` (detached; the order does not
     change them), on the engine ``backend`` resolves to."""
-    spec = replace(spec, order="first")
-    engine, _ = choose_engine(backend, model, spec, x.dim() == 2)
+    engine, _ = choose_engine(backend, model, spec, x.dim() == 2, adapt_only=True)
     if engine == "fast":
-        return fast_adapt(model, theta, spec, x, y)
+        return fast_adapt(model, theta, extra, spec, x, y)
     return reference_adapt(model, theta, extra, spec, x, y)

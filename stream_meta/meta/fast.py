@@ -20,6 +20,9 @@ bookkeeping: at the daemon's sizes that bookkeeping is most of the time.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,8 +40,7 @@ def declines(model: nn.Module, spec: InnerLoop, flat_inputs: bool = True) -> str
         return "the model is not an nn.Sequential MLP"
     if not flat_inputs:
         return "inputs are not [rows, features]"
-    known = {n for layer in layers for n in (layer.weight, layer.bias) if n is not None}
-    if not set(spec.adapted) <= known:
+    if not set(spec.adapted) <= _linear_names(model):
         return "it adapts parameters outside the MLP's linear layers"
     if not spec.rule.linear:
         return f"the update rule {spec.rule!r} is not linear"
@@ -47,13 +49,31 @@ def declines(model: nn.Module, spec: InnerLoop, flat_inputs: bool = True) -> str
     return None
 
 
-def _by_hand(model: nn.Module, spec: InnerLoop) -> bool:
-    """Whether first-order gradients are written out: every activation a ReLU (or none),
-    none on the output, first order or Reptile (closed-form loss gradients are asked
-    for at the call, and a loss without one falls back to autograd there)."""
+@lru_cache(maxsize=64)
+def _linear_names(model: nn.Module) -> frozenset[str]:
+    layers = mlp_layers(model) or ()
+    return frozenset(n for layer in layers for n in (layer.weight, layer.bias) if n is not None)
+
+
+@lru_cache(maxsize=64)
+def _plan(model: nn.Module, adapted: tuple[str, ...]) -> tuple[list[bool], list[bool], int, list[int]]:
+    """Which layers' weights and biases adapt, the lowest adapted layer, the adapted layers."""
+    layers = mlp_layers(model) or ()
+    names = set(adapted)
+    w_ad = [layer.weight in names for layer in layers]
+    b_ad = [layer.bias is not None and layer.bias in names for layer in layers]
+    f = next(i for i in range(len(layers)) if w_ad[i] or b_ad[i])
+    return w_ad, b_ad, f, [i for i in range(f, len(layers)) if w_ad[i] or b_ad[i]]
+
+
+def _by_hand(model: nn.Module, spec: InnerLoop, adapt_only: bool = False) -> bool:
+    """Whether first-order gradients are written out: first order or Reptile (or plain
+    adaptation), every activation a ReLU (or none), none on the output, losses with a
+    closed-form ``output_grad``."""
     layers = mlp_layers(model)
-    return (spec.order != "second" and layers is not None
-            and all(layer.relu is not None for layer in layers) and not layers[-1].relu)
+    return ((adapt_only or spec.order != "second") and layers is not None
+            and all(layer.relu is not None for layer in layers) and not layers[-1].relu
+            and spec.loss.output_grad is not None and spec.inner.output_grad is not None)
 
 
 class _Updates:
@@ -74,23 +94,33 @@ class _Updates:
 
 
 class _Run:
-    """One batch's inner loop on the fast path; ``query`` False for plain adaptation."""
+    """One batch's inner loop on the fast path; ``query`` False for plain adaptation.
+    With ``point`` no inner steps: :meth:`query_grads` is then the gradient of the inner
+    loss at ``theta`` on the query rows (a ReLU MLP's, by hand; the caller checked)."""
 
-    def __init__(self, model: nn.Module, theta: Params, spec: InnerLoop, batch: TaskBatch, query: bool) -> None:
+    def __init__(self, model: nn.Module, theta: Params, spec: InnerLoop, batch: TaskBatch, query: bool,
+                 point: bool = False) -> None:
         layers = mlp_layers(model)
-        if layers is None or declines(model, spec, batch.x.dim() == 3) is not None:
+        if layers is None or (not point and declines(model, spec, batch.x.dim() == 3) is not None):
             raise ValueError(f"the fast path cannot take this: {declines(model, spec, batch.x.dim() == 3)}")
         self.layers: tuple[MLPLayer, ...] = layers
         self.spec, self.theta, self.batch = spec, theta, batch
-        self.second = spec.order == "second"
-        adapted = set(spec.adapted)
-        self.w_ad = [layer.weight in adapted for layer in layers]
-        self.b_ad = [layer.bias is not None and layer.bias in adapted for layer in layers]
-        self.f = f = next(i for i in range(len(layers)) if self.w_ad[i] or self.b_ad[i])
-        self.targets = [i for i in range(f, len(layers)) if self.w_ad[i] or self.b_ad[i]]
+        self.steps = 0 if point else spec.steps
+        self.score = spec.inner if point else spec.loss  # the loss of the query rows
+        self.second = spec.order == "second" and not point
+        self.w_ad, self.b_ad, f, self.targets = _plan(model, spec.adapted)
+        self.f = f
         # By hand only where every activation is a ReLU (or none) and the output has none.
-        self.by_hand = _by_hand(model, spec)
+        self.by_hand = point or _by_hand(model, spec)
         ni, q0 = batch.inner_end, batch.query_start
+        if point:  # one task's rows, unbatched ([N, features]): all of them, no steps
+            self.iy = self.qy = batch.y
+            self.iw = self.qw = 1.0 / batch.x.shape[0]
+            self.prefix = [batch.x]
+            for i in range(f):
+                self.prefix.append(layers[i].act(self._linear(i, self.prefix[-1])))
+            self.base_in = self.base_q = self._linear(f, self.prefix[f])
+            return
         self.iy, self.qy = batch.y[:, :ni], batch.y[:, q0:]
         self.iw = batch.inner_w if batch.inner_w is not None else 1.0 / ni
         self.qw = batch.query_w if batch.query_w is not None else 1.0 / max(batch.x.shape[1] - q0, 1)
@@ -111,7 +141,7 @@ class _Run:
             else:
                 self.base_in, self.base_q = base[:, :ni], base[:, q0:]
             self.gram_in = self.gram_q = None
-            if self.w_ad[f] and spec.steps > 0:
+            if self.w_ad[f] and self.steps > 0:
                 gram = torch.bmm(h, self.a_in.transpose(1, 2))
                 self.gram_in, self.gram_q = gram[:, :ni], (gram[:, q0:] if query else None)
 
@@ -157,19 +187,14 @@ class _Run:
             return r + torch.bmm(torch.bmm(d, up.d[i].transpose(1, 2)), up.a[i])
         return r
 
-    def _output_grad(self, out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | float, inner: bool) -> torch.Tensor | None:
-        kind = self.spec.inner if inner else self.spec.loss
-        return kind.output_grad(out, y, w) if self.by_hand else None
-
     def inner_grads(self, up: _Updates) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         """Gradients of the summed inner losses w.r.t. the adapted layers' pre-activations."""
         out, zs, ins = self.forward(False, up)
-        d = self._output_grad(out, self.iy, self.iw, True)
-        if d is None:
+        if not self.by_hand:
             total = reduce_rows(self.spec.inner.rows(out, self.iy, {}), self._w(self.iw)).sum()
             ds = torch.autograd.grad(total, [zs[i] for i in self.targets], create_graph=self.second)
             return dict(zip(self.targets, ds)), ins
-        grads = {}
+        d, grads = self.spec.inner.output_grad(out, self.iy, self.iw), {}
         for i in range(len(self.layers) - 1, self.f - 1, -1):
             grads[i] = d
             if i > self.f:
@@ -186,7 +211,7 @@ class _Run:
         """The inner loop: ``spec.steps`` steps of ``spec.rule.update`` on the factors."""
         up, rule, lr = _Updates(), self.spec.rule, self.spec.lr
         with torch.set_grad_enabled(not self.by_hand):
-            for _ in range(self.spec.steps):
+            for _ in range(self.steps):
                 ds, ins = self.inner_grads(up)
                 new = _Updates()
                 for i in self.targets:
@@ -227,18 +252,22 @@ class _Run:
                 out[layer.weight] = up.dw[i].sum(0) if summed else up.dw[i]
         return out
 
-    def query_grads(self, up: _Updates) -> tuple[Params, torch.Tensor]:
-        """FOMAML by hand: the query loss's gradient at the fast weights, for every parameter."""
+    def query_grads(self, up: _Updates, with_loss: bool = False) -> tuple[Params, torch.Tensor | None]:
+        """FOMAML by hand: the query loss's gradient at the fast weights, for every
+        parameter, and (``with_loss``) the loss."""
         out, _, ins = self.forward(True, up)
-        loss = reduce_rows(self.spec.loss.rows(out, self.qy, {}), self._w(self.qw)).sum()
-        d = self.spec.loss.output_grad(out, self.qy, self.qw)
+        loss = reduce_rows(self.score.rows(out, self.qy, {}), self._w(self.qw)).sum() if with_loss else None
+        d = self.score.output_grad(out, self.qy, self.qw)
         q0, grads = self.batch.query_start, {}
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
-            x = ins[i] if i > self.f else self.prefix[i][:, q0:]
-            grads[layer.weight] = d.reshape(-1, d.shape[2]).t() @ x.reshape(-1, x.shape[2])
+            x = ins[i] if i > self.f else (self.prefix[i] if q0 == 0 else self.prefix[i][:, q0:])
+            if d.dim() == 2:  # one task, unbatched (point mode)
+                grads[layer.weight] = d.t() @ x
+            else:
+                grads[layer.weight] = d.reshape(-1, d.shape[2]).t() @ x.reshape(-1, x.shape[2])
             if layer.bias is not None:
-                grads[layer.bias] = d.sum((0, 1))
+                grads[layer.bias] = d.sum(0) if d.dim() == 2 else d.sum((0, 1))
             if i > 0:
                 d = self.back(i, d, up)
                 if self.layers[i - 1].relu:
@@ -246,11 +275,37 @@ class _Run:
         return grads, loss
 
 
-def fast_adapt(model: nn.Module, theta: Params, spec: InnerLoop, x: torch.Tensor, y: torch.Tensor) -> Params:
+def adapt_declines(model: nn.Module, spec: InnerLoop, flat_inputs: bool = True) -> str | None:
+    """Why :func:`fast_adapt` cannot adapt under ``spec``, or None. Plain adaptation needs
+    no meta-gradient, so with the backward written out any rule runs (dense gradients,
+    ``rule.step``); otherwise the low-rank path's conditions (:func:`declines`) hold."""
+    layers = mlp_layers(model)
+    if layers is None or not flat_inputs or not set(spec.adapted) <= _linear_names(model):
+        return declines(model, spec, flat_inputs)
+    return None if _by_hand(model, spec, True) and not spec.inner.learned else declines(model, spec, flat_inputs)
+
+
+def fast_adapt(model: nn.Module, theta: Params, extra: Params, spec: InnerLoop, x: torch.Tensor, y: torch.Tensor) -> Params:
     """One task's fast weights from ``(x, y)`` (detached): what the reference's ``adapt`` gives."""
+    n = x.shape[0]
+    if _by_hand(model, spec, True) and not spec.inner.learned:
+        # Dense gradients by hand, one step at a time, moved by the rule itself: for one
+        # task this beats the low-rank bookkeeping, and any rule (learned step sizes,
+        # state) runs.
+        batch = TaskBatch(x, y, n, 0)  # unbatched: point mode takes [N, features]
+        meta = {k: v.detach() for k, v in extra.items()}
+        fast = {k: v.detach() for k, v in theta.items()}
+        state = spec.rule.init_state({k: fast[k] for k in spec.adapted}, meta)
+        with torch.no_grad():
+            for _ in range(spec.steps):
+                grads, _ = _Run(model, fast, spec, batch, query=True, point=True).query_grads(_Updates())
+                if len(grads) != len(spec.adapted):
+                    grads = {k: grads[k] for k in spec.adapted}
+                fast, state = spec.rule.step(fast, grads, state, meta, lr=spec.lr)
+        return fast
+    spec = replace(spec, order="first")
     hand = _by_hand(model, spec)
     theta = {k: v.detach() if hand else v.detach().requires_grad_() for k, v in theta.items()}
-    n = x.shape[0]
     run = _Run(model, theta, spec, TaskBatch(x.unsqueeze(0), y.unsqueeze(0), n, n), query=False)
     up = run.adapt()
     with torch.no_grad():
@@ -277,7 +332,7 @@ def fast_group(model: nn.Module, theta: Params, extra: Params, spec: InnerLoop, 
         return GroupResult(grads, no_extra, after, before)
     if run.by_hand:
         with torch.no_grad():
-            grads, after = run.query_grads(up)
+            grads, after = run.query_grads(up, with_loss=True)
         return GroupResult({k: grads[k] for k in theta}, no_extra, after, before)
     with torch.enable_grad():
         q = reduce_rows(spec.loss.rows(run.forward(True, up)[0], run.qy, {}), qw).sum()

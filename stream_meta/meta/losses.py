@@ -15,6 +15,7 @@ differentiates them; the MLP fast path takes only losses without them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -40,10 +41,10 @@ class InnerLoss(Protocol):
         """The loss of each row, ``[..., N]``; ``meta`` is the algorithm's ``extra``."""
         ...
 
-    def output_grad(self, out: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | float) -> torch.Tensor | None:
-        """``d sum(weights * rows) / d out`` in closed form, or None (then the fast path
-        asks autograd). ``weights``: ``[..., N]``, or one number for every row."""
-        ...
+    # ``output_grad(out, y, weights)``: ``d sum(weights * rows) / d out`` in closed form
+    # (``weights``: ``[..., N]``, or one number for every row); a loss without one sets
+    # ``output_grad = None`` and engines differentiate ``rows`` instead.
+    output_grad: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | float], torch.Tensor] | None
 
 
 def reduce_rows(rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

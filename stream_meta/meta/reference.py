@@ -19,6 +19,8 @@ True
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
@@ -47,7 +49,7 @@ def run_inner(model: nn.Module, spec: InnerLoop, theta: Params, meta: Params, x:
     def inner_loss(f: Params) -> torch.Tensor:
         return _task_loss(model, spec.inner, {**frozen, **f}, meta, x, y)
 
-    state = spec.rule.init_state(fast)
+    state = spec.rule.init_state(fast, meta)
     for _ in range(spec.steps):
         g = grad(inner_loss)(fast)
         if spec.order != "second":
@@ -57,7 +59,9 @@ def run_inner(model: nn.Module, spec: InnerLoop, theta: Params, meta: Params, x:
 
 
 def adapt(model: nn.Module, theta: Params, extra: Params, spec: InnerLoop, x: torch.Tensor, y: torch.Tensor) -> Params:
-    """Fast weights for one task from ``(x, y)`` under ``spec``, detached."""
+    """Fast weights for one task from ``(x, y)`` under ``spec`` (detached; the order does
+    not change them)."""
+    spec = replace(spec, order="first")
     theta = {k: v.detach() for k, v in theta.items()}
     meta = {k: v.detach() for k, v in extra.items()}
     with torch.no_grad():

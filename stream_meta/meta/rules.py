@@ -52,8 +52,8 @@ class UpdateRule(Protocol):
         """Clamp the rule's meta-parameters in place after an outer step."""
         ...
 
-    def init_state(self, fast: Params) -> Any:
-        """Per-task state before the first inner step."""
+    def init_state(self, fast: Params, meta: Params) -> Any:
+        """Per-task state before the first inner step (``fast``: the adapted tensors)."""
         ...
 
     def step(self, fast: Params, grads: Params, state: Any, meta: Params, *, lr: float) -> tuple[Params, Any]:
@@ -81,14 +81,14 @@ class SGD:
     def project(self, extra: Params) -> None:
         pass
 
-    def init_state(self, fast: Params) -> None:
+    def init_state(self, fast: Params, meta: Params) -> None:
         return None
 
     def update(self, g: torch.Tensor, lr: float) -> torch.Tensor:
         return sgd_update(g, lr)
 
     def step(self, fast: Params, grads: Params, state: None, meta: Params, *, lr: float) -> tuple[Params, None]:
-        return {**fast, **{k: fast[k] + sgd_update(g, lr) for k, g in grads.items()}}, state
+        return {**fast, **{k: fast[k] + self.update(g, lr) for k, g in grads.items()}}, state
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,11 @@ class LearnedStepSizes:
         """The clamped multipliers of ``names``: what the inner loop uses."""
         return {k: meta[k].clamp(0.0, self.max_scale) for k in names}
 
-    def init_state(self, fast: Params) -> None:
-        return None
+    def init_state(self, fast: Params, meta: Params) -> Params:
+        return self.scales(meta, fast)  # clamped once per task, used at every step
 
     def update(self, g: torch.Tensor, lr: float) -> torch.Tensor:
         raise NotImplementedError("learned step sizes differ per entry: not a linear rule")
 
-    def step(self, fast: Params, grads: Params, state: None, meta: Params, *, lr: float) -> tuple[Params, None]:
-        s = self.scales(meta, grads)
-        return {**fast, **{k: fast[k] + sgd_update(g, lr * s[k]) for k, g in grads.items()}}, state
+    def step(self, fast: Params, grads: Params, state: Params, meta: Params, *, lr: float) -> tuple[Params, Params]:
+        return {**fast, **{k: fast[k] + sgd_update(g * state[k], lr) for k, g in grads.items()}}, state
