@@ -81,15 +81,15 @@ class _Updates:
 
     Lowest adapted layer ``f``: ``u`` [T, S, out], the running sum of its pre-activation
     updates (its input ``A`` never changes). Later layers: low-rank rows ``a``/``d``
-    ([T, R, in] / [T, R, out]) while ``R (in + out) < in out``, then a dense per-task
-    delta ``dw`` [T, out, in]. ``db``: bias deltas [T, out].
+    ([T, R, in] / [T, R, out]) while ``R (in + out) < in out`` (second order), then the
+    dense per-task fast weight ``w`` [T, out, in]. ``db``: bias deltas [T, out].
     """
 
     def __init__(self) -> None:
         self.u: torch.Tensor | None = None
         self.a: dict[int, torch.Tensor] = {}
         self.d: dict[int, torch.Tensor] = {}
-        self.dw: dict[int, torch.Tensor] = {}
+        self.w: dict[int, torch.Tensor] = {}
         self.db: dict[int, torch.Tensor] = {}
 
 
@@ -162,8 +162,8 @@ class _Run:
         for i in range(f + 1, len(self.layers)):
             ins[i] = h
             layer = self.layers[i]
-            if i in up.dw:
-                z = torch.bmm(h, (theta[layer.weight] + up.dw[i]).transpose(1, 2))
+            if i in up.w:
+                z = torch.bmm(h, up.w[i].transpose(1, 2))
                 if layer.bias is not None:
                     z = z + theta[layer.bias]
             else:
@@ -178,11 +178,11 @@ class _Run:
 
     def back(self, i: int, d: torch.Tensor, up: _Updates) -> torch.Tensor:
         """``d @ W_i`` at layer ``i``'s fast weight (``d``: its pre-activation gradients)."""
+        if i in up.w:
+            return torch.bmm(d, up.w[i])
         r = d @ self.theta[self.layers[i].weight]
         if i == self.f and up.u is not None:
             return r + torch.bmm(torch.bmm(d, up.u.transpose(1, 2)), self.a_in)
-        if i in up.dw:
-            return r + torch.bmm(d, up.dw[i])
         if i in up.a:
             return r + torch.bmm(torch.bmm(d, up.d[i].transpose(1, 2)), up.a[i])
         return r
@@ -224,13 +224,15 @@ class _Run:
                         new.u = u if up.u is None else up.u + u
                         continue
                     a = ins[i] if self.second else ins[i].detach()
-                    if i in up.dw:
-                        new.dw[i] = torch.baddbmm(up.dw[i], u.transpose(1, 2), a)
+                    if i in up.w:
+                        new.w[i] = torch.baddbmm(up.w[i], u.transpose(1, 2), a)
                         continue
                     a_cat = a if i not in up.a else torch.cat([up.a[i], a], 1)
                     d_cat = u if i not in up.d else torch.cat([up.d[i], u], 1)
-                    if a_cat.shape[1] * (a.shape[2] + u.shape[2]) >= a.shape[2] * u.shape[2]:
-                        new.dw[i] = torch.bmm(d_cat.transpose(1, 2), a_cat)
+                    # Written-out first order: dense at once (fewer products per pass at
+                    # the daemon's sizes); autograd: low rank while it is cheaper.
+                    if self.by_hand or a_cat.shape[1] * (a.shape[2] + u.shape[2]) >= a.shape[2] * u.shape[2]:
+                        new.w[i] = torch.baddbmm(self.theta[self.layers[i].weight], d_cat.transpose(1, 2), a_cat)
                     else:
                         new.a[i], new.d[i] = a_cat, d_cat
                 up = new
@@ -248,8 +250,9 @@ class _Run:
                 d, a = pair
                 out[layer.weight] = (d.reshape(-1, d.shape[2]).t() @ a.reshape(-1, a.shape[2]) if summed
                                      else torch.bmm(d.transpose(1, 2), a))
-            elif i in up.dw:
-                out[layer.weight] = up.dw[i].sum(0) if summed else up.dw[i]
+            elif i in up.w:
+                w = self.theta[layer.weight]
+                out[layer.weight] = up.w[i].sum(0) - up.w[i].shape[0] * w if summed else up.w[i] - w
         return out
 
     def query_grads(self, up: _Updates, with_loss: bool = False) -> tuple[Params, torch.Tensor | None]:
