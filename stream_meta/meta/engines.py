@@ -9,8 +9,8 @@ that picks between them.
 - ``auto``: ``fast`` where it applies, else ``reference``; the choice and the reason
   are logged once per distinct outcome and reported by :func:`choose_engine`.
 
-:func:`meta_gradient_mean` averages over a meta-batch: the fast path takes episodes of
-different sizes in one padded call, the reference maps over groups of equal shapes.
+:func:`meta_gradient_mean` averages over a meta-batch: episodes of different sizes (same
+feature shapes) go in one call, padded with zero-weight rows; others by groups of one shape.
 """
 
 from __future__ import annotations
@@ -100,16 +100,14 @@ def meta_gradient_mean(
         raise ValueError("a meta-batch needs at least one episode")
     engine, _ = choose_engine(backend, model, spec, all(e.support_x.dim() == 2 for e in episodes))
     groups = group_by_shape(episodes)
-    if engine == "fast":
-        if len(groups) == 1:
-            batches = [TaskBatch.stack(episodes, spec.order)]
-        elif _paddable(episodes):  # the daemon's new episode carries replayed records, its companions do not
-            batches = [TaskBatch.pad(episodes, spec.order)]
-        else:
-            batches = [TaskBatch.stack(g, spec.order) for g in groups]
-        results = [fast_group(model, theta, extra, spec, b) for b in batches]
+    if len(groups) == 1:
+        batches = [TaskBatch.stack(episodes, spec.order)]
+    elif _paddable(episodes):  # the daemon's new episode carries replayed records, its companions do not
+        batches = [TaskBatch.pad(episodes, spec.order)]
     else:
-        results = [reference_group(model, theta, extra, spec, TaskBatch.stack(g, spec.order)) for g in groups]
+        batches = [TaskBatch.stack(g, spec.order) for g in groups]
+    group = fast_group if engine == "fast" else reference_group
+    results = [group(model, theta, extra, spec, b) for b in batches]
     total = results[0]
     for r in results[1:]:
         total = total + r

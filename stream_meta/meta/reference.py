@@ -31,8 +31,8 @@ from stream_meta.model import Params
 
 
 def _task_loss(model: nn.Module, kind: InnerLoss, params: Params, meta: Params, x: torch.Tensor,
-               y: torch.Tensor) -> torch.Tensor:
-    return reduce_rows(kind.rows(functional_call(model, params, (x,)), y, meta))
+               y: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    return reduce_rows(kind.rows(functional_call(model, params, (x,)), y, meta), weights)
 
 
 def loss(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, kind: str | InnerLoss = "ce") -> torch.Tensor:
@@ -40,14 +40,16 @@ def loss(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, kin
     return _task_loss(model, get_loss(kind), params, {}, x, y)
 
 
-def run_inner(model: nn.Module, spec: InnerLoop, theta: Params, meta: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
-    """One task's fast weights after ``spec.steps`` steps of ``spec.rule`` on ``(x, y)``;
-    differentiable (inside ``torch.func`` transforms) as ``spec.order`` says."""
+def run_inner(model: nn.Module, spec: InnerLoop, theta: Params, meta: Params, x: torch.Tensor, y: torch.Tensor,
+              weights: torch.Tensor | None = None) -> Params:
+    """One task's fast weights after ``spec.steps`` steps of ``spec.rule`` on ``(x, y)``
+    (rows weighted by ``weights`` when padded); differentiable (inside ``torch.func``
+    transforms) as ``spec.order`` says."""
     fast = {k: theta[k] for k in spec.adapted}
     frozen = {k: v for k, v in theta.items() if k not in fast}
 
     def inner_loss(f: Params) -> torch.Tensor:
-        return _task_loss(model, spec.inner, {**frozen, **f}, meta, x, y)
+        return _task_loss(model, spec.inner, {**frozen, **f}, meta, x, y, weights)
 
     state = spec.rule.init_state(fast, meta)
     for _ in range(spec.steps):
@@ -69,36 +71,37 @@ def adapt(model: nn.Module, theta: Params, extra: Params, spec: InnerLoop, x: to
 
 
 def reference_group(model: nn.Module, theta: Params, extra: Params, spec: InnerLoop, batch: TaskBatch) -> GroupResult:
-    """Sums over the tasks of ``batch`` (equal shapes, unpadded) of the meta-gradient and query losses."""
-    if batch.inner_w is not None:
-        raise ValueError("the reference engine takes equal-shaped tasks; group ragged episodes by shape")
+    """Sums over the tasks of ``batch`` of the meta-gradient and query losses (tasks of
+    different sizes come padded, with row weights: one ``vmap`` instead of one per shape)."""
     (ix, iy), (qx, qy) = batch.inner(), batch.query()
     theta = {k: v.detach() for k, v in theta.items()}
     meta = {k: v.detach() for k, v in extra.items()}
+    iw, qw = batch.inner_w, batch.query_w
 
-    def scores(th: Params, fast: Params, mt: Params, qx_: torch.Tensor, qy_: torch.Tensor):
-        return _task_loss(model, spec.loss, fast, mt, qx_, qy_), _task_loss(model, spec.loss, th, mt, qx_, qy_)
+    def scores(th: Params, fast: Params, mt: Params, qx_, qy_, qw_):
+        return (_task_loss(model, spec.loss, fast, mt, qx_, qy_, qw_),
+                _task_loss(model, spec.loss, th, mt, qx_, qy_, qw_))
 
-    dims = (None, None, 0, 0, 0, 0)
+    dims = (None, None, 0, 0, 0, 0, None if iw is None else 0, None if qw is None else 0)
     if spec.order == "reptile":
 
-        def reptile_task(th, mt, x, y, qx_, qy_):
-            fast = run_inner(model, spec, th, mt, x, y)
-            after, before = scores(th, fast, mt, qx_, qy_)
+        def reptile_task(th, mt, x, y, qx_, qy_, iw_, qw_):
+            fast = run_inner(model, spec, th, mt, x, y, iw_)
+            after, before = scores(th, fast, mt, qx_, qy_, qw_)
             return {k: th[k] - fast[k] for k in th}, after, before
 
         with torch.no_grad():
-            diffs, after, before = vmap(reptile_task, in_dims=dims)(theta, meta, ix, iy, qx, qy)
+            diffs, after, before = vmap(reptile_task, in_dims=dims)(theta, meta, ix, iy, qx, qy, iw, qw)
         zeros = {k: torch.zeros_like(v) for k, v in meta.items()}
         return GroupResult({k: v.sum(0) for k, v in diffs.items()}, zeros, after.sum(), before.sum())
 
-    def meta_loss(th: Params, mt: Params, x, y, qx_, qy_):
-        fast = run_inner(model, spec, th, mt, x, y)
-        after, before = scores(th, fast, mt, qx_, qy_)
+    def meta_loss(th: Params, mt: Params, x, y, qx_, qy_, iw_, qw_):
+        fast = run_inner(model, spec, th, mt, x, y, iw_)
+        after, before = scores(th, fast, mt, qx_, qy_, qw_)
         return after, (after.detach(), before.detach())
 
     (g_theta, g_meta), (after, before) = vmap(grad(meta_loss, argnums=(0, 1), has_aux=True), in_dims=dims)(
-        theta, meta, ix, iy, qx, qy
+        theta, meta, ix, iy, qx, qy, iw, qw
     )
     return GroupResult(
         {k: v.sum(0) for k, v in g_theta.items()},

@@ -201,3 +201,23 @@ def test_non_mlp_model_runs_on_the_reference():
         assert_same(run(name, "auto", model, theta, eps), run(name, "reference", model, theta, eps))
         with pytest.raises(ValueError, match="fast backend"):
             run(name, "fast", model, theta, eps)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["ce", "mse-1d"])
+def test_ragged_meta_batch_is_the_mean_of_single_episodes(name, kind):
+    """Padding (one call for episodes of different sizes) changes nothing: every engine's
+    meta-batch result is the mean of the reference's single-episode results."""
+    model, eps = episodes(kind, True, seed=7)
+    theta = float64_params(model, seed=3)
+    loss = "ce" if kind == "ce" else "mse"
+    singles = [run(name, "reference", model, theta, [e], loss=loss) for e in eps]
+    for engine in ["reference", *engines_for(name)]:
+        grads, extra_grads, stats = run(name, engine, model, theta, eps, loss=loss)
+        for k in theta:
+            torch.testing.assert_close(grads[k], torch.stack([s[0][k] for s in singles]).mean(0), rtol=1e-10, atol=1e-12)
+        for k in extra_grads:
+            torch.testing.assert_close(extra_grads[k], torch.stack([s[1][k] for s in singles]).mean(0), rtol=1e-10, atol=1e-12)
+        for key in ("query_loss", "query_loss_before"):
+            assert stats[key] == pytest.approx(sum(s[2][key] for s in singles) / len(eps), rel=1e-10)
+        assert stats["tasks"] == len(eps)
