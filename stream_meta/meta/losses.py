@@ -67,7 +67,7 @@ class CrossEntropy:
         return {}
 
     def rows(self, out: torch.Tensor, y: torch.Tensor, meta: Params) -> torch.Tensor:
-        return -torch.log_softmax(out, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none").view(y.shape)
 
     def output_grad(self, out: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | float) -> torch.Tensor:
         return (torch.softmax(out, -1) - F.one_hot(y, out.shape[-1]).to(out.dtype)) * _per_row(weights)
