@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stream_meta.meta.algorithms import get_algorithm
 from stream_meta.meta.api import meta_step
-from stream_meta.meta.functional import Episode
+from stream_meta.meta.spec import Episode
 from stream_meta.model import build_mlp, init_params
 
 EXAMPLE = """example:
@@ -54,7 +54,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--batches", type=_ints, default=[1, 8, 32], help="meta-batch sizes (default 1,8,32)")
     p.add_argument("--algorithms", type=_names, default=["maml", "fomaml"], help="maml and/or fomaml")
-    p.add_argument("--engines", type=_names, default=["auto", "vmap", "loop"], help="engines to time (default auto,vmap,loop)")
+    p.add_argument("--engines", type=_names, default=["auto", "reference"],
+                   help="engines to time: auto, reference, fast (default auto,reference)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--repeats", type=int, default=7, help="timed meta-updates per implementation and cell")
     p.add_argument(
@@ -205,9 +206,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     init = {k: v.to(device) for k, v in init_params(template, torch.Generator().manual_seed(args.seed)).items()}
     rows = []
     for alg_name in args.algorithms:
+        resolved = {e: get_algorithm(alg_name, backend=e).engine(template, init) for e in args.engines}
+        print(f"# {alg_name}: " + "; ".join(f"{e} runs {r[0]} ({r[1]})" for e, r in resolved.items()), flush=True)
         for t in args.batches:
             tasks = make_tasks(args, t, device)
-            row: dict = {"algorithm": alg_name, "meta_batch": t}
+            row: dict = {"algorithm": alg_name, "meta_batch": t, "engines": {e: r[0] for e, r in resolved.items()}}
             row["max_rel_diff"] = agreement(alg_name, args, init, tasks, device)
             if row["max_rel_diff"] > args.tolerance:
                 raise SystemExit(f"{alg_name} meta-batch {t}: engines differ from naive by {row['max_rel_diff']:.2e} > {args.tolerance}")

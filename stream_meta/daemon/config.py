@@ -121,7 +121,7 @@ class RunConfig(BaseModel):
                                     "step-size multipliers; None = the algorithm's own (10)")
     max_inner_lr: float = Field(10.0, gt=0, description="largest inner step size the algorithm accepts (a guard)")
     backend: Literal[BACKENDS] = Field("auto", description="meta-gradient engine, one of auto (the fastest "  # type: ignore[valid-type]
-                                       "that applies), loop, vmap, lowrank, manual")
+                                       "that applies, else the torch.func reference), reference, fast")
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the meta-gradient's global norm to this "
                                          "(None = no clipping)")
     sgd_lr: float = Field(0.1, gt=0, le=10, description="step size of the sgd baseline (algorithm sgd)")

@@ -21,7 +21,7 @@ from typing import Any
 
 META_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "lamaml", "anil")
 LOSSES = ("ce", "mse")
-BACKENDS = ("auto", "loop", "vmap", "lowrank", "manual")
+BACKENDS = ("auto", "reference", "fast")
 MEMORY_POLICIES = ("reservoir", "task", "class")
 REGULARIZERS = ("none", "ewc", "si", "mas")
 

@@ -33,9 +33,9 @@ from stream_meta.learn.config import (
     InnerLoopConfig, MetaStepConfig, ModelConfig, ProbeConfig, RegularizerConfig, ReplayConfig,
 )
 from stream_meta.learn.episodes import EpisodeBuilder
-from stream_meta.meta import ALGORITHMS, Episode, get_algorithm
+from stream_meta.meta import ALGORITHMS, Episode, get_algorithm, meta_step
 from stream_meta.meta.algorithms import GradientMetaAlgorithm
-from stream_meta.meta.mlp_sgd import mlp_forward
+from stream_meta.meta.mlp import mlp_forward
 from stream_meta.model import Params, build_mlp, init_params
 from stream_meta.learn.probes import ForgettingProbe
 from stream_meta.learn.regularizers import build_regularizer
@@ -268,30 +268,24 @@ class OnlineMetaLearner:
             mx, my = self.memory.sample(self.replay_cfg.memory_query, self._rng)
             episode = Episode(episode.task, episode.support_x, episode.support_y,
                               torch.cat([episode.query_x, mx]), torch.cat([episode.query_y, my]))
-        batch = [episode, *self.replay.sample(self.meta_cfg.replay_per_update, self._rng)]
-        grads, extra_grads, stats = self.alg.meta_gradient(
-            self.model, self.params, self.extra, [self._as_targets(e) for e in batch],
-            steps=self.inner_cfg.steps, lr=self.inner_cfg.lr,
-        )
-        loss_grads = grads
-        if self.reg is not None and not stats["nonfinite"]:
-            grads = self.reg.add_penalty_grad(self.params, grads)
+        batch = [self._as_targets(e) for e in (episode, *self.replay.sample(self.meta_cfg.replay_per_update, self._rng))]
+        loss_grads: Params = {}
+
+        def penalise(grads: Params) -> Params:
+            loss_grads.update(grads)  # the regulariser's after_step reads the loss's own gradient
+            return self.reg.add_penalty_grad(self.params, grads)
+
+        before = {k: v.detach().clone() for k, v in self.params.items()} if self.reg is not None else None
+        stats = meta_step(self.alg, self.model, self.params, self.extra, batch, self.optimizer,
+                          steps=self.inner_cfg.steps, lr=self.inner_cfg.lr,
+                          adjust=penalise if self.reg is not None else None)
         report.stats = stats
-        if stats["nonfinite"]:  # the algorithm checked losses and gradients
+        if stats["nonfinite"]:  # the algorithm checked losses and gradients; nothing was updated
             self.nonfinite_skips += 1
             report.nonfinite_skips += 1
             return
-        for name, g in grads.items():
-            self.params[name].grad = g
-        for name, g in extra_grads.items():
-            self.extra[name].grad = g
-        before = {k: v.detach().clone() for k, v in self.params.items()} if self.reg is not None else None
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         if self.reg is not None:
             self.reg.after_step(before, self.params, loss_grads)
-        with torch.no_grad():
-            self.alg.project_extra(self.extra)
         self._fast.clear()  # every cached adaptation started from the old meta-parameters
         self.meta_updates += 1
         report.meta_updates += 1

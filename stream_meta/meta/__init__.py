@@ -3,8 +3,13 @@
 
 Public API: :class:`Episode`; :func:`get_algorithm` / :data:`ALGORITHMS` (``maml``,
 ``fomaml``, ``reptile``, ``metasgd``, ``lamaml``, ``anil``), each with ``init_extra``,
-``adapt``, ``meta_gradient``, ``project_extra``; :func:`meta_step`; the lower-level
-:func:`adapt` and :func:`loss`.
+``adapt``, ``meta_gradient``, ``project_extra``; :func:`meta_step`; the two pluggable
+parts of the inner loop, :class:`UpdateRule` (:class:`SGD`, :class:`LearnedStepSizes`)
+and :class:`InnerLoss` (``LOSSES``: ``ce``, ``mse``); :func:`loss`.
+
+Modules: ``spec`` (episodes, the inner-loop spec), ``rules`` and ``losses`` (the
+pluggable parts), ``reference`` (plain ``torch.func``: the ground truth), ``fast`` (the
+MLP fast path), ``engines`` (picks one), ``algorithms``, ``api``, ``mlp``.
 """
 
 from stream_meta.meta.algorithms import (
@@ -21,7 +26,10 @@ from stream_meta.meta.algorithms import (
 )
 from stream_meta.meta.api import meta_step
 from stream_meta.meta.engines import BACKENDS
-from stream_meta.meta.functional import LOSSES, Episode, adapt, loss
+from stream_meta.meta.losses import LOSSES, InnerLoss
+from stream_meta.meta.reference import loss
+from stream_meta.meta.rules import SGD, LearnedStepSizes, UpdateRule
+from stream_meta.meta.spec import Episode, InnerLoop
 
 __all__ = [
     "ALGORITHMS",
@@ -32,11 +40,15 @@ __all__ = [
     "MAML",
     "Episode",
     "GradientMetaAlgorithm",
+    "InnerLoop",
+    "InnerLoss",
     "LaMAML",
+    "LearnedStepSizes",
     "MetaAlgorithm",
     "MetaSGD",
     "Reptile",
-    "adapt",
+    "SGD",
+    "UpdateRule",
     "get_algorithm",
     "loss",
     "meta_step",

@@ -5,7 +5,7 @@ meta-parameters live in the caller's ``params`` and ``extra`` dicts.
 
 >>> import torch
 >>> from stream_meta.model import build_mlp, init_params
->>> from stream_meta.meta.functional import Episode
+>>> from stream_meta.meta.spec import Episode
 >>> model = build_mlp([4, 8, 3])
 >>> theta = init_params(model, torch.Generator().manual_seed(0))
 >>> x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
@@ -26,8 +26,11 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from stream_meta.meta.engines import BACKENDS, meta_gradient_mean
-from stream_meta.meta.functional import LOSSES, Episode, InnerLoop, Order, adapt
+from stream_meta.meta.engines import BACKENDS, choose_engine, meta_gradient_mean
+from stream_meta.meta.engines import adapt as engine_adapt
+from stream_meta.meta.losses import InnerLoss, get_loss
+from stream_meta.meta.rules import SGD, LearnedStepSizes, UpdateRule
+from stream_meta.meta.spec import Episode, InnerLoop, Order
 from stream_meta.model import Params
 
 
@@ -35,8 +38,10 @@ from stream_meta.model import Params
 class MetaAlgorithm(Protocol):
     """One member of the MAML family.
 
-    ``params`` are the shared meta-parameters (model weights); ``extra`` holds any
-    further meta-learned tensors (Meta-SGD's step-size multipliers), empty otherwise.
+    ``params`` are the shared meta-parameters (model weights); ``extra`` holds the
+    further meta-learned tensors of the inner update rule (Meta-SGD's step-size
+    multipliers, under the parameters' names) and of the inner loss (keys starting
+    with ``"loss."``), empty for plain SGD and CE/MSE.
     ``meta_gradient`` returns gradients for both, to be applied by an outer optimiser,
     and ``stats``: mean query loss after adaptation (``query_loss``) and before it
     (``query_loss_before``), ``nonfinite`` (grads were zeroed: skip the update),
@@ -69,29 +74,38 @@ class GradientMetaAlgorithm:
     """Shared machinery: inner-loop spec, engines, guards.
 
     Args:
-        loss: ``"ce"`` (cross-entropy, class labels) or ``"mse"`` (regression).
+        loss: ``"ce"`` (cross-entropy, class labels), ``"mse"`` (regression) or an
+            :class:`~stream_meta.meta.losses.InnerLoss` (the task loss; the inner loop
+            descends it too).
+        rule: the inner update rule (:mod:`stream_meta.meta.rules`); ``None`` is plain
+            SGD (Meta-SGD and La-MAML bring their own).
+        inner_loss: the loss the inner loop descends, if not ``loss`` (e.g. a learned
+            loss; the query set is always scored with ``loss``).
         clip_grad_norm: clip the global norm of the meta-gradient (params and extra
             together) to this value; ``None`` disables clipping.
         max_inner_lr: the inner ``lr`` passed to ``adapt``/``meta_gradient`` must lie
             in ``[0, max_inner_lr]`` (``ValueError`` otherwise).
-        backend: ``"auto"`` (fastest that applies), ``"loop"``, ``"vmap"``,
-            ``"lowrank"`` or ``"manual"``; see :mod:`stream_meta.meta.engines`.
+        backend: ``"auto"`` (the fast path where it applies, else the reference),
+            ``"reference"`` or ``"fast"``; see :mod:`stream_meta.meta.engines`.
     """
 
     name: ClassVar[str] = ""
     order: ClassVar[Order] = "second"
-    learns_step_sizes: ClassVar[bool] = False
 
     def __init__(
         self,
         *,
-        loss: str = "ce",
+        loss: str | InnerLoss = "ce",
+        rule: UpdateRule | None = None,
+        inner_loss: str | InnerLoss | None = None,
         clip_grad_norm: float | None = None,
         max_inner_lr: float = 10.0,
         backend: str = "auto",
     ) -> None:
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+        self._loss = get_loss(loss)
+        self._inner_loss = None if inner_loss is None else get_loss(inner_loss)
+        if rule is not None and not isinstance(rule, UpdateRule):
+            raise ValueError(f"rule must be an UpdateRule, got {rule!r}")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be > 0 or None, got {clip_grad_norm}")
         if not max_inner_lr > 0:
@@ -99,12 +113,14 @@ class GradientMetaAlgorithm:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         self.loss = loss
+        self.rule = rule
+        self.inner_loss = inner_loss
         self.clip_grad_norm = clip_grad_norm
         self.max_inner_lr = max_inner_lr
         self.backend = backend
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({args})"
 
     # -- hooks that subclasses override ------------------------------------------
@@ -112,41 +128,50 @@ class GradientMetaAlgorithm:
         """Names of the parameters the inner loop adapts (all, by default)."""
         return tuple(params)
 
+    def update_rule(self) -> UpdateRule:
+        """The inner update rule (``rule``, or plain SGD)."""
+        return SGD() if self.rule is None else self.rule
+
     def init_extra(self, params: Params) -> Params:
-        return {}
+        """The rule's and the loss's meta-parameters, at their initial values."""
+        losses = (self._loss, *(() if self._inner_loss is None else (self._inner_loss,)))
+        return {**self.update_rule().init_params(params, tuple(params)), **{k: v for f in losses for k, v in f.init_params(params).items()}}
 
     def project_extra(self, extra: Params) -> None:
-        """Clamp ``extra`` in place after an optimiser step (no-op here)."""
+        """Keep ``extra`` in bounds (in place) after an optimiser step."""
+        self.update_rule().project(extra)
 
-    def _max_scale(self) -> float:
-        return math.inf
-
-    def _postprocess(self, grads: Params, scales: Params | None) -> Params:
+    def _postprocess(self, grads: Params, extra: Params) -> Params:
         return grads
+
+    def spec(self, model: nn.Module, params: Params, *, steps: int, lr: float) -> InnerLoop:
+        """The inner loop this algorithm runs: what every engine is handed."""
+        self._check_lr(lr)
+        names = self.adapted_names(model, params)
+        return InnerLoop(steps, lr, names, self.order, self._loss, self.update_rule(), self._inner_loss)
+
+    def engine(self, model: nn.Module, params: Params, *, inputs_2d: bool = True) -> tuple[str, str]:
+        """The engine ``backend`` resolves to for ``model`` and why (as logged)."""
+        return choose_engine(self.backend, model, self.spec(model, params, steps=1, lr=0.0), inputs_2d)
 
     # -- the protocol ------------------------------------------------------------
     def _check_lr(self, lr: float) -> None:
         if not (math.isfinite(lr) and 0.0 <= lr <= self.max_inner_lr):
             raise ValueError(f"inner lr must lie in [0, max_inner_lr={self.max_inner_lr}], got {lr}")
 
-    def _scales(self, extra: Params, params: Params, names: tuple[str, ...]) -> Params | None:
-        if not self.learns_step_sizes:
-            return None
-        missing = [k for k in names if k not in extra]
-        if missing:
-            raise ValueError(f"{self.name}: extra lacks step-size multipliers for {missing}; use init_extra()")
-        return {k: extra[k] for k in names}
-
     def adapt(
         self, model: nn.Module, params: Params, extra: Params, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float
     ) -> Params:
         """Fast weights for one task from its support set ``(x, y)`` (detached)."""
-        self._check_lr(lr)
-        names = self.adapted_names(model, params)
-        scales = self._scales(extra, params, names)
-        if scales is not None:
-            scales = {k: v.detach().clamp(0.0, self._max_scale()) for k, v in scales.items()}
-        return adapt(model, params, x, y, steps=steps, lr=lr, kind=self.loss, names=names, scales=scales)
+        spec = self.spec(model, params, steps=steps, lr=lr)
+        self._check_extra(spec, extra)
+        return engine_adapt(model, params, extra, spec, x, y, self.backend)
+
+    def _check_extra(self, spec: InnerLoop, extra: Params) -> None:
+        try:
+            spec.rule.check(extra, spec.adapted)
+        except ValueError as e:
+            raise ValueError(f"{self.name}: {e}") from None
 
     def meta_gradient(
         self,
@@ -163,16 +188,12 @@ class GradientMetaAlgorithm:
         If any loss or gradient is not finite, all gradients are finite zeros and
         ``stats["nonfinite"]`` is True: the caller should skip the update.
         """
-        self._check_lr(lr)
-        names = self.adapted_names(model, params)
-        spec = InnerLoop(steps, lr, names, self.order, self.loss, self._max_scale())
+        spec = self.spec(model, params, steps=steps, lr=lr)
+        self._check_extra(spec, extra)
         theta = {k: v.detach().requires_grad_() for k, v in params.items()}
-        scales = self._scales(extra, params, names)
-        if scales is not None:
-            scales = {k: v.detach().requires_grad_() for k, v in scales.items()}
-        res = meta_gradient_mean(model, theta, scales, spec, episodes, self.backend)
-        grads = self._postprocess({k: v.detach() for k, v in res.grads.items()}, scales)
-        extra_grads = {k: v.detach() for k, v in res.scale_grads.items()}
+        res = meta_gradient_mean(model, theta, extra, spec, episodes, self.backend)
+        grads = self._postprocess({k: v.detach() for k, v in res.grads.items()}, extra)
+        extra_grads = {k: v.detach() for k, v in res.extra_grads.items()}
         norm = _global_norm(list(grads.values()) + list(extra_grads.values()))
         after, before, norm_f = float(res.query_loss), float(res.query_loss_before), float(norm)
         nonfinite = not (math.isfinite(after) and math.isfinite(norm_f))
@@ -225,7 +246,6 @@ class MetaSGD(GradientMetaAlgorithm):
     """
 
     name = "metasgd"
-    learns_step_sizes = True
 
     def __init__(self, *, first_order: bool = False, max_scale: float = 10.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -238,16 +258,8 @@ class MetaSGD(GradientMetaAlgorithm):
     def order(self) -> Order:  # type: ignore[override]
         return "first" if self.first_order else "second"
 
-    def _max_scale(self) -> float:
-        return self.max_scale
-
-    def init_extra(self, params: Params) -> Params:
-        return {k: torch.ones_like(v) for k, v in params.items()}
-
-    def project_extra(self, extra: Params) -> None:
-        with torch.no_grad():
-            for v in extra.values():
-                v.clamp_(0.0, self.max_scale)
+    def update_rule(self) -> UpdateRule:
+        return LearnedStepSizes(self.max_scale)
 
 
 class LaMAML(MetaSGD):
@@ -261,9 +273,9 @@ class LaMAML(MetaSGD):
 
     name = "lamaml"
 
-    def _postprocess(self, grads: Params, scales: Params | None) -> Params:
-        assert scales is not None
-        return {k: g * scales[k].detach().clamp(0.0, self.max_scale) if k in scales else g for k, g in grads.items()}
+    def _postprocess(self, grads: Params, extra: Params) -> Params:
+        s = LearnedStepSizes(self.max_scale).scales({k: v.detach() for k, v in extra.items()}, grads)
+        return {k: g * s[k] for k, g in grads.items()}
 
 
 class ANIL(GradientMetaAlgorithm):

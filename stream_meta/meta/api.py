@@ -16,14 +16,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from stream_meta.meta.algorithms import MetaAlgorithm
-from stream_meta.meta.functional import Episode
+from stream_meta.meta.spec import Episode
 from stream_meta.model import Params
 
 
@@ -37,17 +37,21 @@ def meta_step(
     *,
     steps: int,
     lr: float,
+    adjust: Callable[[Params], Params] | None = None,
 ) -> dict[str, Any]:
     """One meta-update of ``params`` and ``extra`` (leaf tensors owned by ``optimizer``).
 
     Computes ``alg.meta_gradient`` on ``episodes`` (``steps`` inner steps of size
-    ``lr``), writes it into ``.grad``, steps ``optimizer`` and clamps ``extra`` with
-    ``alg.project_extra``. When ``stats["nonfinite"]`` the update is skipped and the
-    parameters are left untouched. Returns the stats.
+    ``lr``), passes the parameters' part through ``adjust`` when given (e.g. to add a
+    regulariser's penalty gradient), writes it into ``.grad``, steps ``optimizer`` and
+    clamps ``extra`` with ``alg.project_extra``. When ``stats["nonfinite"]`` the update
+    is skipped and the parameters are left untouched. Returns the stats.
     """
     grads, extra_grads, stats = alg.meta_gradient(model, params, extra, episodes, steps=steps, lr=lr)
     if stats["nonfinite"]:
         return stats
+    if adjust is not None:
+        grads = adjust(grads)
     for src, dst in ((grads, params), (extra_grads, extra)):
         for k, g in src.items():
             dst[k].grad = g.to(dst[k].dtype)

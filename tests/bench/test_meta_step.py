@@ -27,6 +27,8 @@ def test_runs_and_writes_json(tmp_path, capsys):
     rows = json.loads(path.read_text())["rows"]
     assert [(r["algorithm"], r["meta_batch"]) for r in rows] == [("maml", 1), ("maml", 3), ("fomaml", 1), ("fomaml", 3)]
     assert all(r["naive"] > 0 and r["auto"] > 0 and r["speedup"] > 0 for r in rows)
+    assert all(r["engines"] == {"auto": "fast", "reference": "reference"} for r in rows)
+    assert "# maml: auto runs fast (the fast path applies); reference runs reference (asked for)" in out
     assert all(0 <= r["max_rel_diff"] < 1e-6 for r in rows)
     assert all(r["naive_gflop_per_s"] > 0 and r["auto_gflop_per_s"] > 0 for r in rows)
 

@@ -27,7 +27,7 @@ OPTIONS = [
     ("head", "anil", "2.weight,2.bias", ["2.weight", "2.bias"], ("2.weight", "2.bias")),
     ("max_scale", "lamaml", "3.5", 3.5, 3.5),
     ("max_inner_lr", "maml", "2.0", 2.0, 2.0),
-    ("backend", "reptile", "loop", "loop", "loop"),
+    ("backend", "reptile", "reference", "reference", "reference"),
     ("clip_grad_norm", "maml", "0.5", 0.5, 0.5),
 ]
 

@@ -12,12 +12,12 @@ from stream_meta.learn.learner import OnlineMetaLearner, build_algorithm
 from stream_meta.meta import ALGORITHMS
 from stream_meta.meta.algorithms import GradientMetaAlgorithm
 from stream_meta.meta.engines import BACKENDS
-from stream_meta.meta.functional import LOSSES
+from stream_meta.meta.losses import LOSSES
 
 
 def test_spelled_out_names_match_the_meta_package():
     assert sorted(groups.META_ALGORITHMS) == sorted(ALGORITHMS)
-    assert groups.LOSSES == LOSSES and groups.BACKENDS == BACKENDS
+    assert groups.LOSSES == tuple(LOSSES) and groups.BACKENDS == BACKENDS
 
 
 def test_algorithm_options_table_matches_the_constructors():
@@ -27,18 +27,19 @@ def test_algorithm_options_table_matches_the_constructors():
                for p in inspect.signature(c.__init__).parameters} - shared - {"kwargs"}
         table = {opt for opt, takers in groups.ALGORITHM_OPTIONS.items() if name in takers}
         assert own == table, name
-    # every shared option but clip_grad_norm (a meta-step setting) is an InnerLoopConfig field
+    # every shared option is an InnerLoopConfig field but clip_grad_norm (a meta-step setting)
+    # and the plug points that take objects, not settings (an update rule, a learned inner loss)
     fields = {f.name for f in dataclasses.fields(InnerLoopConfig)}
-    assert shared - {"self", "clip_grad_norm"} <= fields
+    assert shared - {"self", "clip_grad_norm", "rule", "inner_loss"} <= fields
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_every_option_an_algorithm_takes_reaches_it(name):
     own = {opt: value for opt, value in (("first_order", True), ("head", ("2.weight",)), ("max_scale", 2.0))
            if name in groups.ALGORITHM_OPTIONS[opt]}
-    inner = InnerLoopConfig(algorithm=name, loss="mse", max_inner_lr=3.0, backend="loop", **own)
+    inner = InnerLoopConfig(algorithm=name, loss="mse", max_inner_lr=3.0, backend="reference", **own)
     alg = build_algorithm(inner, MetaStepConfig(clip_grad_norm=0.25))
-    assert (alg.name, alg.loss, alg.max_inner_lr, alg.backend, alg.clip_grad_norm) == (name, "mse", 3.0, "loop", 0.25)
+    assert (alg.name, alg.loss, alg.max_inner_lr, alg.backend, alg.clip_grad_norm) == (name, "mse", 3.0, "reference", 0.25)
     for opt, value in own.items():
         assert getattr(alg, opt) == value
 

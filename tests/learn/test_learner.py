@@ -106,14 +106,14 @@ def test_sgd_baseline_round_trip():
 
 
 def test_configuration_groups_are_stored_as_given_and_reach_the_algorithm():
-    inner = InnerLoopConfig(algorithm="metasgd", steps=2, lr=0.2, first_order=True, max_scale=3.0, backend="loop")
+    inner = InnerLoopConfig(algorithm="metasgd", steps=2, lr=0.2, first_order=True, max_scale=3.0, backend="reference")
     meta = dataclasses.replace(META, clip_grad_norm=0.5)
     learner = OnlineMetaLearner(MODEL, inner_cfg=inner, meta_cfg=meta, replay_cfg=REPLAY, seed=3)
     _drive(learner, _stream(20))
     assert (learner.model_cfg, learner.inner_cfg, learner.meta_cfg, learner.replay_cfg) == (MODEL, inner, meta, REPLAY)
     assert learner.inner_cfg is inner and learner.meta_cfg is meta  # kept, not copied field by field
     alg = learner.alg
-    assert (alg.name, alg.first_order, alg.max_scale, alg.backend, alg.clip_grad_norm) == ("metasgd", True, 3.0, "loop", 0.5)
+    assert (alg.name, alg.first_order, alg.max_scale, alg.backend, alg.clip_grad_norm) == ("metasgd", True, 3.0, "reference", 0.5)
     assert all(float(v.detach().max()) <= 3.0 for v in learner.extra.values())  # max_scale bounds the learned step sizes
     assert learner.health().meta_updates == learner.meta_updates > 0
     assert "sgd" in learner_names() and "fomaml" in learner_names()

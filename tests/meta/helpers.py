@@ -23,8 +23,10 @@ def random_episodes(
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     regression: bool = False,
+    flat_targets: bool = False,
 ) -> list[Episode]:
-    """``n`` random classification (or regression, targets [N, classes]) episodes."""
+    """``n`` random classification (or regression, targets [N, classes], or [N] with
+    ``flat_targets``, for one output) episodes."""
     g = torch.Generator().manual_seed(seed)
     eps = []
     for i in range(n):
@@ -33,6 +35,8 @@ def random_episodes(
         if regression:
             sy = torch.randn(support, classes, generator=g, dtype=dtype)
             qy = torch.randn(query, classes, generator=g, dtype=dtype)
+            if flat_targets:
+                sy, qy = sy.reshape(-1), qy.reshape(-1)
         else:
             sy = torch.randint(0, classes, (support,), generator=g)
             qy = torch.randint(0, classes, (query,), generator=g)

@@ -1,23 +1,27 @@
-"""The vectorised engines (vmap, lowrank) equal the per-task loop, for every algorithm."""
+"""Every engine equals the reference (plain torch.func), for every algorithm: CE and MSE
+with 1-D and 2-D targets, full and partial adaptation, ragged meta-batches, and the
+fast weights ``adapt`` returns; ``auto`` picks the fast path where it applies and says why not."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 import torch
 from torch import nn
 
 from tests.meta.helpers import float64_params, random_episodes
-from stream_meta.meta import ALGORITHMS, get_algorithm
-from stream_meta.meta.engines import choose_backend
-from stream_meta.meta.functional import InnerLoop
+from stream_meta.meta import ALGORITHMS, InnerLoop, LearnedStepSizes, get_algorithm
+from stream_meta.meta.engines import choose_engine
+from stream_meta.meta.losses import MeanSquaredError
+from stream_meta.model import build_mlp
 
-LOWRANK_ALGS = ["maml", "fomaml", "reptile", "anil"]
-MANUAL_ALGS = ["fomaml", "reptile"]  # first order / Reptile on a ReLU MLP
+FAST_ALGS = {"maml", "fomaml", "reptile", "anil"}  # plain SGD inner loop: the fast path applies
+NAMES = sorted(ALGORITHMS)
 
 
 def engines_for(name: str) -> list[str]:
-    engines = ["vmap", "lowrank"] if name in LOWRANK_ALGS else ["vmap"]
-    return engines + (["manual"] if name in MANUAL_ALGS else [])
+    return ["fast", "auto"] if name in FAST_ALGS else ["auto"]
 
 
 def perturbed_extra(alg, theta, seed=3):
@@ -25,10 +29,9 @@ def perturbed_extra(alg, theta, seed=3):
     return {k: v * (0.5 + torch.rand(v.shape, generator=g, dtype=v.dtype)) for k, v in alg.init_extra(theta).items()}
 
 
-def run(name, engine, model, theta, eps, **kw):
+def run(name, engine, model, theta, eps, steps=2, **kw):
     alg = get_algorithm(name, backend=engine, **kw)
-    extra = perturbed_extra(alg, theta)
-    return alg.meta_gradient(model, theta, extra, eps, steps=2, lr=0.3)
+    return alg.meta_gradient(model, theta, perturbed_extra(alg, theta), eps, steps=steps, lr=0.3)
 
 
 def assert_same(a, b, rtol=1e-10, atol=1e-12):
@@ -41,85 +44,146 @@ def assert_same(a, b, rtol=1e-10, atol=1e-12):
         assert sa[key] == pytest.approx(sb[key], rel=1e-9)
 
 
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_vectorised_equals_loop(relu_mlp, name):
-    theta = float64_params(relu_mlp)
-    eps = random_episodes(5, in_dim=5, classes=3)
-    ref = run(name, "loop", relu_mlp, theta, eps)
+def episodes(kind: str, ragged: bool, seed: int = 0):
+    """CE, MSE with [N, 3] targets, or MSE with [N] targets (a one-output model)."""
+    out = 1 if kind == "mse-1d" else 3
+    kw = {"in_dim": 5, "classes": out, "regression": kind != "ce", "flat_targets": kind == "mse-1d"}
+    eps = random_episodes(4, support=6, query=5, seed=seed, **kw)
+    if ragged:  # the daemon's shape: sizes differ, feature shapes do not
+        eps += random_episodes(2, support=4, query=9, seed=seed + 1, **kw)
+        eps += random_episodes(1, support=1, query=1, seed=seed + 2, **kw)
+        eps.insert(1, eps.pop())
+    return build_mlp([5, 7, 6, out]).double(), eps
+
+
+HEADS = {"full": None, "head": ("4.weight", "4.bias"), "mixed": ("0.bias", "2.weight", "4.bias")}
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["ce", "mse-2d", "mse-1d"])
+@pytest.mark.parametrize("ragged", [False, True], ids=["equal", "ragged"])
+def test_every_engine_equals_the_reference(name, kind, ragged):
+    model, eps = episodes(kind, ragged)
+    theta = float64_params(model, seed=1)
+    loss = "ce" if kind == "ce" else "mse"
+    ref = run(name, "reference", model, theta, eps, loss=loss)
     for engine in engines_for(name):
-        assert_same(run(name, engine, relu_mlp, theta, eps), ref)
+        assert_same(run(name, engine, model, theta, eps, loss=loss), ref)
 
 
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_vectorised_equals_loop_mse(relu_mlp, name):
-    theta = float64_params(relu_mlp, seed=1)
-    eps = random_episodes(4, in_dim=5, classes=3, regression=True, seed=2)
-    ref = run(name, "loop", relu_mlp, theta, eps, loss="mse")
+@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "anil"])
+@pytest.mark.parametrize("head", sorted(HEADS))
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_partial_adaptation_equals_the_reference(relu_mlp, name, head, steps):
+    """Head-only and scattered adapted sets (ANIL's ``head``; the rest through subclassing)."""
+    theta = float64_params(relu_mlp, seed=4)
+    eps = random_episodes(5, in_dim=5, classes=3, seed=5)
+    names = HEADS[head]
+
+    class Partial(type(get_algorithm(name))):
+        def adapted_names(self, model, params):
+            return tuple(params) if names is None else names
+
+    def go(backend):
+        return Partial(backend=backend).meta_gradient(relu_mlp, theta, {}, eps, steps=steps, lr=0.3)
+
+    ref = go("reference")
+    assert_same(go("fast"), ref)
+    assert_same(go("auto"), ref)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["ce", "mse-1d"])
+def test_adapt_equals_the_reference(name, kind):
+    model, eps = episodes(kind, False)
+    theta = float64_params(model, seed=2)
+    loss = "ce" if kind == "ce" else "mse"
+    ref_alg = get_algorithm(name, backend="reference", loss=loss)
+    extra = perturbed_extra(ref_alg, theta)
+    want = ref_alg.adapt(model, theta, extra, eps[0].support_x, eps[0].support_y, steps=3, lr=0.3)
+    assert any(not torch.equal(want[k], theta[k]) for k in theta)
     for engine in engines_for(name):
-        assert_same(run(name, engine, relu_mlp, theta, eps, loss="mse"), ref)
-
-
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_mixed_shapes_group_and_average_like_the_loop(relu_mlp, name):
-    """Episodes of different sizes are grouped by shape; the mean is over all tasks."""
-    theta = float64_params(relu_mlp, seed=2)
-    eps = random_episodes(3, in_dim=5, classes=3, support=6, query=5, seed=1)
-    eps += random_episodes(2, in_dim=5, classes=3, support=4, query=9, seed=2)
-    eps.insert(1, eps.pop())  # interleaved
-    per_task = [run(name, "loop", relu_mlp, theta, [e]) for e in eps]
-    mean = {k: torch.stack([p[0][k] for p in per_task]).mean(0) for k in theta}
-    for engine in ["auto", "loop", *engines_for(name)]:
-        grads, _, stats = run(name, engine, relu_mlp, theta, eps)
+        got = get_algorithm(name, backend=engine, loss=loss).adapt(
+            model, theta, extra, eps[0].support_x, eps[0].support_y, steps=3, lr=0.3)
         for k in theta:
-            torch.testing.assert_close(grads[k], mean[k], rtol=1e-10, atol=1e-12)
-        assert stats["query_loss"] == pytest.approx(sum(p[2]["query_loss"] for p in per_task) / len(eps), rel=1e-10)
-        assert stats["tasks"] == len(eps)
+            torch.testing.assert_close(got[k], want[k], rtol=1e-10, atol=1e-12)
+
+
+def test_reptile_loop_and_mse_1d_regressions():
+    """Two former crashes: MSE with 1-D targets in adapt, and Reptile on the reference."""
+    model, eps = episodes("mse-1d", True)
+    theta = float64_params(model)
+    for name in NAMES:
+        for engine in ["reference", *engines_for(name)]:
+            alg = get_algorithm(name, loss="mse", backend=engine)
+            fast = alg.adapt(model, theta, alg.init_extra(theta), eps[0].support_x, eps[0].support_y, steps=2, lr=0.1)
+            assert all(torch.isfinite(v).all() for v in fast.values())
+            assert run(name, engine, model, theta, eps, loss="mse")[2]["nonfinite"] is False
 
 
 def test_float32_engines_agree(relu_mlp):
     model = relu_mlp.float()
     theta = {k: v.float() for k, v in float64_params(model).items()}
     eps = random_episodes(8, in_dim=5, classes=3, dtype=torch.float32)
-    ref = run("maml", "loop", model, theta, eps)
-    for engine in ("vmap", "lowrank"):
-        got = run("maml", engine, model, theta, eps)
+    for name in ("maml", "fomaml", "reptile"):
+        ref = run(name, "reference", model, theta, eps)
+        got = run(name, "fast", model, theta, eps)
         for k in theta:
             torch.testing.assert_close(got[0][k], ref[0][k], rtol=1e-4, atol=1e-5)
 
 
-def test_anil_custom_head_and_bias_only_adaptation(relu_mlp):
-    theta = float64_params(relu_mlp)
-    eps = random_episodes(4, in_dim=5, classes=3)
-    for head in [("4.bias",), ("2.weight", "2.bias", "4.weight", "4.bias"), ("2.bias",)]:
-        ref = run("anil", "loop", relu_mlp, theta, eps, head=head)
-        for engine in ("vmap", "lowrank"):
-            assert_same(run("anil", engine, relu_mlp, theta, eps, head=head), ref)
+@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "anil"])
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_low_rank_and_dense_phases_equal_the_reference(name, steps):
+    """A wide hidden layer and a small support set keep later layers in low-rank form
+    for the first steps, then switch to dense per-task deltas (R (in + out) >= in out)."""
+    model = build_mlp([5, 20, 20, 3]).double()
+    theta = float64_params(model)
+    eps = random_episodes(3, in_dim=5, classes=3, support=4, query=5)
+    kw = {"head": ("2.weight", "2.bias", "4.weight", "4.bias")} if name == "anil" else {}
+    assert_same(run(name, "fast", model, theta, eps, steps=steps, **kw),
+                run(name, "reference", model, theta, eps, steps=steps, **kw))
 
 
-def test_auto_backend_choice(relu_mlp, tanh_mlp):
-    spec = InnerLoop(1, 0.1, ("0.weight",))
-    assert choose_backend("auto", relu_mlp, spec, learned=False, tasks=1) == "lowrank"
-    for order in ("first", "reptile"):
-        first = InnerLoop(1, 0.1, ("0.weight",), order=order)
-        assert choose_backend("auto", relu_mlp, first, learned=False, tasks=1) == "manual"
-        assert choose_backend("auto", tanh_mlp, first, learned=False, tasks=1) == "lowrank"  # ReLU only
-        assert choose_backend("auto", relu_mlp, first, learned=True, tasks=8) == "vmap"
-    with pytest.raises(ValueError, match="manual"):
-        choose_backend("manual", relu_mlp, spec, learned=False, tasks=8)  # second order
-    assert choose_backend("auto", relu_mlp, spec, learned=True, tasks=8) == "vmap"
-    assert choose_backend("auto", relu_mlp, spec, learned=True, tasks=1) == "loop"
-    assert choose_backend("auto", relu_mlp, spec, learned=True, tasks=3) == "loop"
-    assert choose_backend("auto", relu_mlp, spec, learned=True, tasks=4) == "vmap"
-    assert choose_backend("auto", relu_mlp, spec, learned=False, tasks=8, flat_inputs=False) == "vmap"
+@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile"])
+def test_smooth_activations_use_autograd_on_the_fast_path(tanh_mlp, name):
+    theta = {k: v.detach().clone() for k, v in tanh_mlp.named_parameters()}
+    eps = random_episodes(4, in_dim=3, classes=3)
+    assert_same(run(name, "fast", tanh_mlp, theta, eps), run(name, "reference", tanh_mlp, theta, eps))
+
+
+def test_auto_choice_and_reasons(relu_mlp, caplog):
+    names = tuple(float64_params(relu_mlp))
+    sgd = InnerLoop(1, 0.1, names)
+    assert choose_engine("auto", relu_mlp, sgd) == ("fast", "the fast path applies")
+    stepped = InnerLoop(1, 0.1, names, rule=LearnedStepSizes(2.0))
+    engine, why = choose_engine("auto", relu_mlp, stepped)
+    assert engine == "reference" and "not linear" in why
+    assert choose_engine("auto", relu_mlp, sgd, flat_inputs=False)[0] == "reference"
     conv = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
-    assert choose_backend("auto", conv, InnerLoop(1, 0.1, ("1.weight",)), learned=False, tasks=8) == "vmap"
-    with pytest.raises(ValueError, match="lowrank"):
-        choose_backend("lowrank", relu_mlp, spec, learned=True, tasks=8)
+    engine, why = choose_engine("auto", conv, InnerLoop(1, 0.1, ("1.weight",)))
+    assert engine == "reference" and "not an nn.Sequential MLP" in why
+    with pytest.raises(ValueError, match="not linear"):
+        choose_engine("fast", relu_mlp, stepped)
     with pytest.raises(ValueError, match="unknown backend"):
-        choose_backend("gpu", relu_mlp, spec, learned=False, tasks=8)
+        choose_engine("gpu", relu_mlp, sgd)
+
+    class LearnedLoss(MeanSquaredError):
+        learned = True
+
+    with pytest.raises(ValueError, match="meta-parameters"):
+        choose_engine("fast", relu_mlp, InnerLoop(1, 0.1, names, loss=LearnedLoss()))
+    # The choice is logged, once per distinct outcome.
+    caplog.set_level(logging.INFO, logger="stream_meta.meta.engines")
+    odd = InnerLoop(1, 0.1, names, rule=LearnedStepSizes(7.5))
+    choose_engine("auto", relu_mlp, odd)
+    choose_engine("auto", relu_mlp, odd)
+    lines = [r.getMessage() for r in caplog.records if "7.5" in r.getMessage()]
+    assert lines == ["meta engine: auto chose reference (fast path declines: the update rule "
+                     "LearnedStepSizes(max_scale=7.5) is not linear)"]
 
 
-def test_non_mlp_model_runs_on_vmap_and_matches_loop():
+def test_non_mlp_model_runs_on_the_reference():
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -132,61 +196,28 @@ def test_non_mlp_model_runs_on_vmap_and_matches_loop():
     model = Net().double()
     theta = {k: v.detach().clone() for k, v in model.named_parameters()}
     eps = random_episodes(4, in_dim=5, classes=3)
-    for name in ("maml", "anil", "metasgd"):
-        assert_same(run(name, "auto", model, theta, eps), run(name, "loop", model, theta, eps))
+    for name in ("maml", "anil", "metasgd", "reptile"):
+        assert get_algorithm(name).engine(model, theta)[0] == "reference"
+        assert_same(run(name, "auto", model, theta, eps), run(name, "reference", model, theta, eps))
+        with pytest.raises(ValueError, match="fast backend"):
+            run(name, "fast", model, theta, eps)
 
 
-@pytest.mark.parametrize("name", LOWRANK_ALGS)
-@pytest.mark.parametrize("steps", [1, 2, 4])
-def test_lowrank_low_rank_and_dense_phases_equal_loop(name, steps):
-    """A wide hidden layer and a small support set keep later layers in low-rank form
-    for the first steps, then switch to dense per-task deltas (R (in + out) >= in out)."""
-    from stream_meta.model import build_mlp
-
-    model = build_mlp([5, 20, 20, 3]).double()
-    theta = float64_params(model)
-    eps = random_episodes(3, in_dim=5, classes=3, support=4, query=5)
-    kw = {"head": ("2.weight", "2.bias", "4.weight", "4.bias")} if name == "anil" else {}
-    got = get_algorithm(name, backend="lowrank", **kw).meta_gradient(model, theta, {}, eps, steps=steps, lr=0.3)
-    ref = get_algorithm(name, backend="loop", **kw).meta_gradient(model, theta, {}, eps, steps=steps, lr=0.3)
-    assert_same(got, ref)
-
-
-def assert_same_group(got, ref):
-    """Two GroupResults (meta-gradients and query losses) equal to float64 precision."""
-    for k in ref.grads:
-        torch.testing.assert_close(got.grads[k], ref.grads[k], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(got.query_loss, ref.query_loss, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(got.query_loss_before, ref.query_loss_before, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("order", ["first", "reptile"])
-@pytest.mark.parametrize("steps", [0, 1, 3])
-@pytest.mark.parametrize("kind", ["ce", "mse"])
-def test_manual_equals_loop_for_step_counts_losses_and_partial_adaptation(relu_mlp, order, steps, kind):
-    from stream_meta.meta.engines import meta_gradient_mean
-
-    theta = {k: v.requires_grad_() for k, v in float64_params(relu_mlp, seed=4).items()}
-    eps = random_episodes(6, in_dim=5, classes=3, seed=5, regression=kind == "mse")
-    for names in (tuple(theta), ("4.weight", "4.bias"), ("0.bias", "2.weight")):
-        spec = InnerLoop(steps, 0.3, names, order=order, loss=kind)
-        assert_same_group(meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="manual"),
-                          meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="loop"))
-
-
-@pytest.mark.parametrize("order", ["first", "reptile"])
-@pytest.mark.parametrize("kind", ["ce", "mse"])
-def test_manual_pads_episodes_of_different_sizes_into_one_call(relu_mlp, order, kind):
-    from stream_meta.meta.engines import _one_manual_call, meta_gradient_mean
-
-    theta = {k: v.requires_grad_() for k, v in float64_params(relu_mlp, seed=6).items()}
-    reg = kind == "mse"
-    eps = random_episodes(3, in_dim=5, classes=3, support=6, query=5, seed=1, regression=reg)
-    eps += random_episodes(2, in_dim=5, classes=3, support=4, query=9, seed=2, regression=reg)
-    eps += random_episodes(1, in_dim=5, classes=3, support=1, query=1, seed=3, regression=reg)
-    for names in (tuple(theta), ("2.weight", "2.bias", "4.weight")):
-        spec = InnerLoop(3, 0.3, names, order=order, loss=kind)
-        assert _one_manual_call("auto", relu_mlp, spec, None, eps)
-        assert_same_group(meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="auto"),
-                          meta_gradient_mean(relu_mlp, theta, None, spec, eps, backend="loop"))
-    assert not _one_manual_call("auto", relu_mlp, InnerLoop(3, 0.3, tuple(theta), order="second"), None, eps)
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["ce", "mse-1d"])
+def test_ragged_meta_batch_is_the_mean_of_single_episodes(name, kind):
+    """Padding (one call for episodes of different sizes) changes nothing: every engine's
+    meta-batch result is the mean of the reference's single-episode results."""
+    model, eps = episodes(kind, True, seed=7)
+    theta = float64_params(model, seed=3)
+    loss = "ce" if kind == "ce" else "mse"
+    singles = [run(name, "reference", model, theta, [e], loss=loss) for e in eps]
+    for engine in ["reference", *engines_for(name)]:
+        grads, extra_grads, stats = run(name, engine, model, theta, eps, loss=loss)
+        for k in theta:
+            torch.testing.assert_close(grads[k], torch.stack([s[0][k] for s in singles]).mean(0), rtol=1e-10, atol=1e-12)
+        for k in extra_grads:
+            torch.testing.assert_close(extra_grads[k], torch.stack([s[1][k] for s in singles]).mean(0), rtol=1e-10, atol=1e-12)
+        for key in ("query_loss", "query_loss_before"):
+            assert stats[key] == pytest.approx(sum(s[2][key] for s in singles) / len(eps), rel=1e-10)
+        assert stats["tasks"] == len(eps)

@@ -12,9 +12,9 @@ import torch
 from tests.meta.helpers import float64_params, random_episodes
 from stream_meta.meta import ALGORITHMS, get_algorithm, meta_step
 
-ALL_ENGINES = {"maml": ["loop", "vmap", "lowrank"], "fomaml": ["loop", "vmap", "lowrank"],
-               "reptile": ["loop", "vmap", "lowrank"], "anil": ["loop", "vmap", "lowrank"],
-               "metasgd": ["loop", "vmap"], "lamaml": ["loop", "vmap"]}
+# Every engine that takes the algorithm (the fast path: plain SGD inner loops), and auto.
+ALL_ENGINES = {name: ["reference", "fast", "auto"] if name in ("maml", "fomaml", "reptile", "anil")
+               else ["reference", "auto"] for name in ALGORITHMS}
 
 
 def leaves(d):
@@ -23,14 +23,20 @@ def leaves(d):
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 @pytest.mark.parametrize("poison", ["support_x", "query_x", "query_y"])
-def test_nonfinite_returns_finite_zeros_and_flag(relu_mlp, name, poison):
+@pytest.mark.parametrize("kind", ["mse", "ce"])
+@pytest.mark.parametrize("ragged", [False, True], ids=["equal", "ragged"])
+def test_nonfinite_returns_finite_zeros_and_flag(relu_mlp, name, poison, kind, ragged):
+    if kind == "ce" and poison == "query_y":
+        return  # class indices cannot hold NaN
     theta = float64_params(relu_mlp)
-    eps = random_episodes(3, in_dim=5, classes=3, regression=True)
+    eps = random_episodes(3, in_dim=5, classes=3, regression=kind == "mse")
+    if ragged:  # the fast path's padded call, as in the daemon
+        eps += random_episodes(2, in_dim=5, classes=3, support=3, query=8, seed=1, regression=kind == "mse")
     bad = getattr(eps[1], poison).clone()
-    bad[0, 0] = math.nan if poison != "query_x" else math.inf
+    bad.view(-1)[0] = math.nan if poison != "query_x" else math.inf
     eps[1] = replace(eps[1], **{poison: bad})
     for engine in ALL_ENGINES[name]:
-        alg = get_algorithm(name, loss="mse", backend=engine)
+        alg = get_algorithm(name, loss=kind, backend=engine)
         grads, extra_grads, stats = alg.meta_gradient(relu_mlp, theta, alg.init_extra(theta), eps, steps=2, lr=0.1)
         assert stats["nonfinite"] is True, engine
         for g in [*grads.values(), *extra_grads.values()]:
@@ -38,8 +44,9 @@ def test_nonfinite_returns_finite_zeros_and_flag(relu_mlp, name, poison):
         assert sorted(grads) == sorted(theta)
 
 
-def test_meta_step_skips_nonfinite_update(relu_mlp):
-    alg = get_algorithm("metasgd")
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_meta_step_skips_nonfinite_update(relu_mlp, name):
+    alg = get_algorithm(name)
     params = leaves(float64_params(relu_mlp))
     extra = leaves(alg.init_extra(params))
     before = {k: v.detach().clone() for k, v in {**params, **extra}.items()}
@@ -53,40 +60,42 @@ def test_meta_step_skips_nonfinite_update(relu_mlp):
     assert not opt.state  # the optimiser never stepped
 
 
-@pytest.mark.parametrize("name", ["maml", "metasgd", "reptile"])
-def test_clip_grad_norm_scales_to_the_bound_and_keeps_direction(relu_mlp, name):
+@pytest.mark.parametrize("name,engine", [(n, e) for n in sorted(ALGORITHMS) for e in ALL_ENGINES[n]])
+def test_clip_grad_norm_scales_to_the_bound_and_keeps_direction(relu_mlp, name, engine):
     theta = float64_params(relu_mlp)
     eps = random_episodes(3, in_dim=5, classes=3)
-    free = get_algorithm(name)
+    free = get_algorithm(name, backend=engine)
     extra = free.init_extra(theta)
     g0, e0, s0 = free.meta_gradient(relu_mlp, theta, extra, eps, steps=2, lr=0.3)
     assert not s0["clipped"]
     bound = s0["grad_norm"] / 4
-    g1, e1, s1 = get_algorithm(name, clip_grad_norm=bound).meta_gradient(relu_mlp, theta, extra, eps, steps=2, lr=0.3)
+    g1, e1, s1 = get_algorithm(name, clip_grad_norm=bound, backend=engine).meta_gradient(
+        relu_mlp, theta, extra, eps, steps=2, lr=0.3)
     assert s1["clipped"] and s1["grad_norm"] == pytest.approx(s0["grad_norm"])
     flat0 = torch.cat([v.reshape(-1) for v in [*g0.values(), *e0.values()]])
     flat1 = torch.cat([v.reshape(-1) for v in [*g1.values(), *e1.values()]])
     assert flat1.norm().item() == pytest.approx(bound, rel=1e-9)
     torch.testing.assert_close(flat1, flat0 / 4, rtol=1e-9, atol=1e-12)
-    _, _, s2 = get_algorithm(name, clip_grad_norm=s0["grad_norm"] * 2).meta_gradient(
+    _, _, s2 = get_algorithm(name, clip_grad_norm=s0["grad_norm"] * 2, backend=engine).meta_gradient(
         relu_mlp, theta, extra, eps, steps=2, lr=0.3
     )
     assert not s2["clipped"]
 
 
 @pytest.mark.parametrize("lr", [-0.1, 10.5, math.nan, math.inf])
-def test_inner_lr_is_bounded(relu_mlp, lr):
+@pytest.mark.parametrize("engine", ["reference", "fast", "auto"])
+def test_inner_lr_is_bounded(relu_mlp, lr, engine):
     theta = float64_params(relu_mlp)
     eps = random_episodes(1, in_dim=5, classes=3)
-    alg = get_algorithm("maml")
+    alg = get_algorithm("maml", backend=engine)
     with pytest.raises(ValueError, match="inner lr"):
         alg.meta_gradient(relu_mlp, theta, {}, eps, steps=1, lr=lr)
     with pytest.raises(ValueError, match="inner lr"):
         alg.adapt(relu_mlp, theta, {}, eps[0].support_x, eps[0].support_y, steps=1, lr=lr)
-    get_algorithm("maml", max_inner_lr=20.0).meta_gradient(relu_mlp, theta, {}, eps, steps=1, lr=10.5)
+    get_algorithm("maml", max_inner_lr=20.0, backend=engine).meta_gradient(relu_mlp, theta, {}, eps, steps=1, lr=10.5)
 
 
-@pytest.mark.parametrize("engine", ["loop", "vmap"])
+@pytest.mark.parametrize("engine", ["reference", "auto"])
 def test_metasgd_step_sizes_get_gradients_and_stay_in_bounds(relu_mlp, engine):
     alg = get_algorithm("metasgd", backend=engine, max_scale=2.0)
     params = leaves(float64_params(relu_mlp))
@@ -136,8 +145,9 @@ def test_lamaml_scales_the_outer_gradient_by_the_learned_step_sizes(relu_mlp):
         torch.testing.assert_close(e_la[k], e_sgd[k], rtol=1e-12, atol=1e-14)
 
 
-def test_anil_inner_loop_leaves_the_body_untouched(relu_mlp):
-    alg = get_algorithm("anil")
+@pytest.mark.parametrize("engine", ["reference", "fast", "auto"])
+def test_anil_inner_loop_leaves_the_body_untouched(relu_mlp, engine):
+    alg = get_algorithm("anil", backend=engine)
     theta = float64_params(relu_mlp)
     assert alg.adapted_names(relu_mlp, theta) == ("4.weight", "4.bias")
     ep = random_episodes(1, in_dim=5, classes=3)[0]
@@ -157,6 +167,8 @@ def test_constructor_validation():
         get_algorithm("maml", clip_grad_norm=0.0)
     with pytest.raises(ValueError, match="backend"):
         get_algorithm("maml", backend="tpu")
+    with pytest.raises(ValueError, match="UpdateRule"):
+        get_algorithm("maml", rule="adam")
     with pytest.raises(ValueError, match="max_scale"):
         get_algorithm("metasgd", max_scale=-1.0)
     with pytest.raises(ValueError, match="unknown meta-algorithm"):

@@ -34,7 +34,7 @@ import torch
 from stream_meta.data.datasets import Task
 from stream_meta.bench.continual.metrics import cl_metrics
 from stream_meta.learn.learner import OnlineMetaLearner, OnlineSGDLearner
-from stream_meta.meta.mlp_sgd import mlp_forward
+from stream_meta.meta.mlp import mlp_forward
 from stream_meta.daemon.stats import POSITION_BUCKETS, position_bucket
 
 Progress = Callable[[int, int], None]  # (tasks done, tasks in all)
