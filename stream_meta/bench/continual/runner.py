@@ -19,27 +19,11 @@ import torch
 
 from stream_meta.data.datasets import Task
 from stream_meta.bench.continual.metrics import peak_rss_mb
+from stream_meta.learn.presets import PRESETS, learner_kwargs
 
-# stream-meta learners the bench knows: name -> OnlineMetaLearner arguments ("sgd": the baseline).
-LEARNERS: dict[str, dict] = {
-    "sgd": {},
-    "fomaml": {},
-    "fomaml+er": dict(memory_capacity=200, memory_policy="reservoir", memory_query=10),
-    "fomaml+er-task": dict(memory_capacity=200, memory_policy="task", memory_query=10),
-    "fomaml+er+ewc": dict(memory_capacity=200, memory_query=10, regularizer="ewc", reg_strength=10.0, reg_decay=0.9),
-    "fomaml+er+si": dict(memory_capacity=200, memory_query=10, regularizer="si", reg_strength=1.0),
-    "fomaml+er+mas": dict(memory_capacity=200, memory_query=10, regularizer="mas", reg_strength=1.0),
-    "fomaml+ewc": dict(regularizer="ewc", reg_strength=10.0, reg_decay=0.9),
-    # Reptile moves the meta-parameters toward fast weights adapted on support + replayed
-    # records: MER's recipe, and the meta-parameters alone then hold every task.
-    "reptile": dict(algorithm="reptile"),
-    "reptile+er": dict(algorithm="reptile", memory_capacity=200, memory_policy="task", memory_query=10),
-    # Tuned on MNIST Permutations 5 x 1000: smaller meta steps, more replayed episodes.
-    "reptile+er-tuned": dict(algorithm="reptile", memory_capacity=200, memory_policy="task", memory_query=10,
-                             meta_lr=5e-3, replay_per_update=6),
-    "reptile+er+ewc": dict(algorithm="reptile", memory_capacity=200, memory_policy="task", memory_query=10,
-                           regularizer="ewc", reg_strength=1.0, reg_decay=0.9),
-}
+# stream-meta learners the bench knows: the daemon's presets, as OnlineMetaLearner
+# arguments ("sgd": the baseline). One table: stream_meta/learn/presets.py.
+LEARNERS: dict[str, dict] = {name: learner_kwargs(name) for name in PRESETS}
 
 
 def save_tasks(tasks: Sequence[Task], path: str) -> None:
@@ -62,7 +46,7 @@ def build(method: str, input_dim: int, num_classes: int, seed: int, overrides: d
 
     if method not in LEARNERS:
         raise ValueError(f"unknown stream-meta learner {method!r}; choose from {sorted(LEARNERS)}")
-    if method == "sgd":
+    if LEARNERS[method].get("algorithm") == "sgd":
         return OnlineSGDLearner(input_dim=input_dim, num_classes=num_classes, lr=0.1, seed=seed)
     kw = {**LEARNERS[method], **(overrides or {})}
     return OnlineMetaLearner(input_dim=input_dim, num_classes=num_classes, seed=seed, **kw)
