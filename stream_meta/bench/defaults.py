@@ -47,17 +47,17 @@ def builtin_protocols(args: argparse.Namespace) -> list[Protocol]:
     """Rotations, permutations, split, few-shot on digits and (if present) MNIST."""
     from stream_meta.data.datasets import DATASETS, stream
 
-    sources = [("digits", None, args.digits_tasks, args.digits_per_task)]
+    sources = [("digits", None, args.digits_tasks, args.digits_per_task, args.digits_split_per_task)]
     mnist_dir = Path(args.data_dir)
     if (mnist_dir / "train-images-idx3-ubyte").exists():
-        sources.append(("mnist", str(mnist_dir), args.mnist_tasks, args.mnist_per_task))
+        sources.append(("mnist", str(mnist_dir), args.mnist_tasks, args.mnist_per_task, args.mnist_per_task))
     else:
         print(f"no MNIST in {mnist_dir} (`make mnist`): MNIST protocols left out", flush=True)
     out = []
-    for source, data_dir, n_tasks, per_task in sources:
+    for source, data_dir, n_tasks, per_task, split_per_task in sources:
         for family in ("rotations", "permutations", "split", "fewshot"):
             name = f"{source}-{family}"
-            n, k = (args.fewshot_tasks, 40) if family == "fewshot" else (min(n_tasks, 5) if family == "split" else n_tasks, per_task)
+            n, k = {"fewshot": (args.fewshot_tasks, 40), "split": (5, split_per_task)}.get(family, (n_tasks, per_task))
             records = list(stream(name, seed=args.seed, n_tasks=n, per_task=k, data_dir=data_dir))
             meta = DATASETS[name]
             out.append(Protocol(name, meta.input_dim, meta.num_classes, records, f"{n} tasks x {k}"))
@@ -153,20 +153,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default="data/mnist", help="MNIST idx files; MNIST protocols are left out without them")
     p.add_argument("--digits-tasks", type=int, default=5)
     p.add_argument("--digits-per-task", type=int, default=300)
+    p.add_argument("--digits-split-per-task", type=int, default=200, help="digits holds ~250 per class pair")
     p.add_argument("--mnist-tasks", type=int, default=5)
-    p.add_argument("--mnist-per-task", type=int, default=500)
+    p.add_argument("--mnist-per-task", type=int, default=300)
     p.add_argument("--fewshot-tasks", type=int, default=100, help="never-repeating 5-way tasks of 40 records")
-    p.add_argument("--river-per-segment", type=int, default=500)
-    p.add_argument("--river-task-free", type=int, default=2000, help="records of each task-free synthetic stream")
+    p.add_argument("--river-per-segment", type=int, default=400)
+    p.add_argument("--river-task-free", type=int, default=1500, help="records of each task-free synthetic stream")
     p.add_argument("--no-river", action="store_true", help="leave out River's streams and baselines")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write every figure here")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="run nothing: rank the protocols of earlier --json files together (e.g. runs of "
+                   "--protocols digits,river and --protocols mnist on two cores)")
     args = p.parse_args(argv)
     candidates = args.presets.split(",")
+    if args.merge:
+        results = {k: v for f in args.merge for k, v in json.loads(f.read_text())["protocols"].items()}
+        winner, table = choose(results, candidates)
+        print_summary(results, candidates, table, winner)
+        if args.json:
+            args.json.write_text(json.dumps({"protocols": results, "ranking": table, "best": winner,
+                                             "default": DEFAULT_PRESET, "merged": [str(f) for f in args.merge]},
+                                            indent=2) + "\n")
+        return 0
     for c in candidates:
         if c not in PRESETS:
             p.error(f"unknown preset {c!r}; choose from {','.join(PRESETS)}")
 
+    import torch
+
+    # As `stream-meta run` does with --torch-threads 1 (set in run_daemon, not in build_service).
+    torch.set_num_threads(1)
     logging.getLogger("stream_meta").setLevel(logging.WARNING)
     protocols = builtin_protocols(args) + ([] if args.no_river else river_protocols(args))
     if args.protocols:
