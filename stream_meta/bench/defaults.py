@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows[name] = run_river(make(), proto.records)
             results[proto.name] = rows
             print_protocol(proto.name, rows)
+            if args.json:  # after every protocol, so an interrupted run keeps what it measured
+                args.json.write_text(json.dumps({"protocols": results, "args": vars(args)}, indent=2, default=str) + "\n")
     winner, table = choose(results, candidates)
     print_summary(results, candidates, table, winner)
     print(f"({time.perf_counter() - t0:.0f} s on {os.cpu_count()} cores; accuracies are deterministic per seed, "
