@@ -132,15 +132,15 @@ def print_protocol(name: str, rows: dict[str, dict]) -> None:
 def print_summary(results: dict[str, dict[str, dict]], candidates: list[str], table: dict, winner: str) -> None:
     short = {c: c.replace("+er-tuned", "+ert") for c in candidates}
     print("\nprequential accuracy (%) per protocol; rank rule over the stream-meta candidates")
-    print(f"{'protocol':18s}" + "".join(f"{short[c]:>14s}" for c in candidates) + "   best River")
+    print(f"{'protocol':18s}" + "".join(f"{short[c]:>16s}" for c in candidates) + "   best River")
     for proto, rows in results.items():
         river = {k: v for k, v in rows.items() if k.startswith("river-")}
         ref = max(river.items(), key=lambda kv: kv[1]["prequential_accuracy"]) if river else None
-        print(f"{proto:18s}" + "".join(f"{_pct(rows[c]['prequential_accuracy']):>14s}" for c in candidates)
+        print(f"{proto:18s}" + "".join(f"{_pct(rows[c]['prequential_accuracy']):>16s}" for c in candidates)
               + (f"   {_pct(ref[1]['prequential_accuracy'])} {ref[0][6:]}" if ref else ""))
-    print(f"{'mean rank':18s}" + "".join(f"{table[c]['mean_rank']:14.2f}" for c in candidates))
-    print(f"{'worst gap (pts)':18s}" + "".join(f"{100 * table[c]['worst_gap']:14.1f}" for c in candidates))
-    print(f"{'mean accuracy':18s}" + "".join(f"{_pct(table[c]['mean_accuracy']):>14s}" for c in candidates))
+    print(f"{'mean rank':18s}" + "".join(f"{table[c]['mean_rank']:16.2f}" for c in candidates))
+    print(f"{'worst gap (pts)':18s}" + "".join(f"{100 * table[c]['worst_gap']:16.1f}" for c in candidates))
+    print(f"{'mean accuracy':18s}" + "".join(f"{_pct(table[c]['mean_accuracy']):>16s}" for c in candidates))
     note = "" if winner == DEFAULT_PRESET else f" (the daemon's default is {DEFAULT_PRESET}: update stream_meta/learn/presets.py)"
     print(f"\nbest across protocols: {winner}{note}")
 
