@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -141,6 +142,8 @@ def print_summary(results: dict[str, dict[str, dict]], candidates: list[str], ta
     print(f"{'mean rank':18s}" + "".join(f"{table[c]['mean_rank']:16.2f}" for c in candidates))
     print(f"{'worst gap (pts)':18s}" + "".join(f"{100 * table[c]['worst_gap']:16.1f}" for c in candidates))
     print(f"{'mean accuracy':18s}" + "".join(f"{_pct(table[c]['mean_accuracy']):>16s}" for c in candidates))
+    rate = {c: statistics.median(rows[c]["records_per_second"] or 0 for rows in results.values()) for c in candidates}
+    print(f"{'median rec/s':18s}" + "".join(f"{rate[c]:16.0f}" for c in candidates))
     note = "" if winner == DEFAULT_PRESET else f" (the daemon's default is {DEFAULT_PRESET}: update stream_meta/learn/presets.py)"
     print(f"\nbest across protocols: {winner}{note}")
 
