@@ -48,17 +48,18 @@ def builtin_protocols(args: argparse.Namespace) -> list[Protocol]:
     """Rotations, permutations, split, few-shot on digits and (if present) MNIST."""
     from stream_meta.data.datasets import DATASETS, stream
 
-    sources = [("digits", None, args.digits_tasks, args.digits_per_task, args.digits_split_per_task)]
+    sources = [("digits", None, args.digits_tasks, args.digits_per_task, args.digits_split_per_task, args.fewshot_tasks)]
     mnist_dir = Path(args.data_dir)
     if (mnist_dir / "train-images-idx3-ubyte").exists():
-        sources.append(("mnist", str(mnist_dir), args.mnist_tasks, args.mnist_per_task, args.mnist_per_task))
+        sources.append(("mnist", str(mnist_dir), args.mnist_tasks, args.mnist_per_task, args.mnist_per_task,
+                        args.mnist_fewshot_tasks))
     else:
         print(f"no MNIST in {mnist_dir} (`make mnist`): MNIST protocols left out", flush=True)
     out = []
-    for source, data_dir, n_tasks, per_task, split_per_task in sources:
+    for source, data_dir, n_tasks, per_task, split_per_task, fewshot_tasks in sources:
         for family in ("rotations", "permutations", "split", "fewshot"):
             name = f"{source}-{family}"
-            n, k = {"fewshot": (args.fewshot_tasks, 40), "split": (5, split_per_task)}.get(family, (n_tasks, per_task))
+            n, k = {"fewshot": (fewshot_tasks, 40), "split": (5, split_per_task)}.get(family, (n_tasks, per_task))
             records = list(stream(name, seed=args.seed, n_tasks=n, per_task=k, data_dir=data_dir))
             meta = DATASETS[name]
             out.append(Protocol(name, meta.input_dim, meta.num_classes, records, f"{n} tasks x {k}"))
@@ -155,13 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocols", default=None, help="only protocols whose name contains one of these (comma-separated)")
     p.add_argument("--data-dir", default="data/mnist", help="MNIST idx files; MNIST protocols are left out without them")
     p.add_argument("--digits-tasks", type=int, default=5)
-    p.add_argument("--digits-per-task", type=int, default=300)
-    p.add_argument("--digits-split-per-task", type=int, default=200, help="digits holds ~250 per class pair")
+    # Defaults: the sizes of the README's table (Meta-SGD, the slowest, sets the run time).
+    p.add_argument("--digits-per-task", type=int, default=200)
+    p.add_argument("--digits-split-per-task", type=int, default=150, help="digits holds ~250 per class pair")
     p.add_argument("--mnist-tasks", type=int, default=5)
-    p.add_argument("--mnist-per-task", type=int, default=300)
-    p.add_argument("--fewshot-tasks", type=int, default=100, help="never-repeating 5-way tasks of 40 records")
-    p.add_argument("--river-per-segment", type=int, default=400)
-    p.add_argument("--river-task-free", type=int, default=1500, help="records of each task-free synthetic stream")
+    p.add_argument("--mnist-per-task", type=int, default=200)
+    p.add_argument("--fewshot-tasks", type=int, default=100, help="digits: never-repeating 5-way tasks of 40 records")
+    p.add_argument("--mnist-fewshot-tasks", type=int, default=25, help="the same on MNIST")
+    p.add_argument("--river-per-segment", type=int, default=200)
+    p.add_argument("--river-task-free", type=int, default=800, help="records of each task-free synthetic stream")
     p.add_argument("--no-river", action="store_true", help="leave out River's streams and baselines")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write every figure here")
