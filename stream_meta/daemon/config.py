@@ -23,12 +23,15 @@ from stream_meta.errors import ConfigError
 from stream_meta.learn.config import (
     BACKENDS, LOSSES, InnerLoopConfig, MetaStepConfig, ModelConfig, ProbeConfig, RegularizerConfig, ReplayConfig,
 )
+from stream_meta.learn.presets import DEFAULT_PRESET, PRESETS, preset_settings
 
 ENV_PREFIX = "STREAM_META_"
 
 # The values ``algorithm`` accepts, spelled out so loading a config needs no torch; a test
 # checks this list against the learners that exist (stream_meta.learn.learner.learner_names).
 ALGORITHM_CHOICES = ("maml", "fomaml", "reptile", "metasgd", "lamaml", "anil", "sgd")
+# Learner defaults are the default preset's settings (stream_meta.learn.presets, chosen by `bench defaults`).
+_D = preset_settings(DEFAULT_PRESET)
 
 
 @dataclass(frozen=True)
@@ -106,10 +109,12 @@ class RunConfig(BaseModel):
     input_dim: int = Field(64, ge=1, description="length of x")
     num_classes: int = Field(10, ge=2, description="labels are integers in [0, num_classes)")
     hidden: tuple[int, ...] = Field((100, 100), description="hidden layer sizes, e.g. 100,100")
-    algorithm: str = Field("fomaml", description="meta-learning algorithm")
+    preset: str | None = Field(None, description="named learner settings (" + ", ".join(PRESETS) + "); "
+                                "settings given explicitly override the preset's")
+    algorithm: str = Field(_D["algorithm"], description="meta-learning algorithm")
     inner_steps: int = Field(5, ge=0, le=50, description="inner-loop SGD steps (K)")
     inner_lr: float = Field(0.1, gt=0, le=10, description="inner-loop step size (alpha)")
-    meta_lr: float = Field(1e-2, gt=0, le=1, description="outer (meta) step size (beta), Adam")
+    meta_lr: float = Field(_D["meta_lr"], gt=0, le=1, description="outer (meta) step size (beta), Adam")
     # The algorithms' own options, passed to the algorithm unchanged (see stream_meta.learn.config).
     loss: Literal[LOSSES] = Field("ce", description="inner-loop loss: ce (cross-entropy) or mse (squared error "  # type: ignore[valid-type]
                                   "of the logits against one-hot labels)")
@@ -129,11 +134,11 @@ class RunConfig(BaseModel):
     query_size: int = Field(5, ge=1, description="query records per episode")
     episode_stride: int = Field(5, ge=1, description="new labelled records of a task between episodes")
     replay_capacity: int = Field(200, ge=0, description="episodes kept in the reservoir replay memory")
-    replay_per_update: int = Field(3, ge=0, description="replayed episodes mixed into each meta-update")
-    memory_capacity: int = Field(0, ge=0, description="records kept in the record replay memory (0 = off)")
+    replay_per_update: int = Field(_D["replay_per_update"], ge=0, description="replayed episodes mixed into each meta-update")
+    memory_capacity: int = Field(_D["memory_capacity"], ge=0, description="records kept in the record replay memory (0 = off)")
     memory_policy: Literal["reservoir", "task", "class"] = Field(
-        "reservoir", description="which records the replay memory keeps: uniform over the stream, or balanced by task / class")
-    memory_query: int = Field(0, ge=0, description="replayed records appended to each meta-update's query set (MER / La-MAML)")
+        _D["memory_policy"], description="which records the replay memory keeps: uniform over the stream, or balanced by task / class")
+    memory_query: int = Field(_D["memory_query"], ge=0, description="replayed records appended to each meta-update's query set (MER / La-MAML)")
     regularizer: Literal["none", "ewc", "si", "mas"] = Field(
         "none", description="penalty anchoring the meta-parameters, consolidated at each task change")
     reg_strength: float = Field(0.0, ge=0, description="the regulariser's weight (lambda)")
@@ -156,6 +161,17 @@ class RunConfig(BaseModel):
     log_format: Literal["plain", "json"] = "plain"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     progress: bool = Field(False, description="show a progress line on stderr")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_preset(cls, data: Any) -> Any:
+        # A preset supplies defaults only: whatever the file, environment or flags set wins.
+        if isinstance(data, dict) and data.get("preset") is not None:
+            name = data["preset"]
+            if name not in PRESETS:
+                raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+            data = {**preset_settings(name), **data}
+        return data
 
     @field_validator("hidden", mode="before")
     @classmethod

@@ -92,11 +92,18 @@ def test_an_anil_head_naming_no_parameter_fails_when_the_learner_is_built():
         build_learner(cfg)
 
 
-def test_daemon_defaults_are_the_groups_defaults():
+def test_daemon_defaults_are_the_default_presets_groups():
+    from stream_meta.learn.presets import DEFAULT_PRESET, preset_groups
+
     cfg = RunConfig(**SMALL)
     assert cfg.model_cfg == ModelConfig(4, 3, (8,))
-    assert (cfg.inner_cfg, cfg.meta_cfg, cfg.replay_cfg) == (InnerLoopConfig(), MetaStepConfig(), ReplayConfig())
-    assert (cfg.reg_cfg, cfg.probe_cfg) == (RegularizerConfig(), ProbeConfig())
+    preset = preset_groups(DEFAULT_PRESET)
+    assert (cfg.inner_cfg, cfg.meta_cfg, cfg.replay_cfg) == (preset["inner_cfg"], preset["meta_cfg"], preset["replay_cfg"])
+    assert (cfg.reg_cfg, cfg.probe_cfg) == (preset["reg_cfg"], ProbeConfig())
+    # the preset "fomaml" is the learner's own defaults (the daemon's defaults before presets)
+    fomaml = RunConfig(**SMALL, preset="fomaml")
+    assert (fomaml.inner_cfg, fomaml.meta_cfg, fomaml.replay_cfg) == (InnerLoopConfig(), MetaStepConfig(), ReplayConfig())
+    assert fomaml.reg_cfg == RegularizerConfig()
 
 
 def test_flat_settings_land_in_their_groups():

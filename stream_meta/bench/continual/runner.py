@@ -19,32 +19,13 @@ import numpy as np
 import torch
 
 from stream_meta.data.datasets import Task
-from stream_meta.learn.config import InnerLoopConfig, MetaStepConfig, ModelConfig, RegularizerConfig, ReplayConfig
+from stream_meta.learn.config import ModelConfig
 from stream_meta.bench.continual.metrics import peak_rss_mb
+from stream_meta.learn.presets import PRESETS, preset_groups, preset_settings
 
-# stream-meta learners the bench knows: name -> OnlineMetaLearner's configuration groups
-# ("sgd": the baseline). Groups left out take their defaults, as in the daemon.
-_ER = ReplayConfig(memory_capacity=200, memory_policy="reservoir", memory_query=10)
-_ER_TASK = ReplayConfig(memory_capacity=200, memory_policy="task", memory_query=10)
-_REPTILE = InnerLoopConfig(algorithm="reptile")
-LEARNERS: dict[str, dict] = {
-    "sgd": {},
-    "fomaml": {},
-    "fomaml+er": dict(replay_cfg=_ER),
-    "fomaml+er-task": dict(replay_cfg=_ER_TASK),
-    "fomaml+er+ewc": dict(replay_cfg=_ER, reg_cfg=RegularizerConfig("ewc", 10.0, 0.9)),
-    "fomaml+er+si": dict(replay_cfg=_ER, reg_cfg=RegularizerConfig("si", 1.0)),
-    "fomaml+er+mas": dict(replay_cfg=_ER, reg_cfg=RegularizerConfig("mas", 1.0)),
-    "fomaml+ewc": dict(reg_cfg=RegularizerConfig("ewc", 10.0, 0.9)),
-    # Reptile moves the meta-parameters toward fast weights adapted on support + replayed
-    # records: MER's recipe, and the meta-parameters alone then hold every task.
-    "reptile": dict(inner_cfg=_REPTILE),
-    "reptile+er": dict(inner_cfg=_REPTILE, replay_cfg=_ER_TASK),
-    # Tuned on MNIST Permutations 5 x 1000: smaller meta steps, more replayed episodes.
-    "reptile+er-tuned": dict(inner_cfg=_REPTILE, replay_cfg=_ER_TASK,
-                             meta_cfg=MetaStepConfig(meta_lr=5e-3, replay_per_update=6)),
-    "reptile+er+ewc": dict(inner_cfg=_REPTILE, replay_cfg=_ER_TASK, reg_cfg=RegularizerConfig("ewc", 1.0, 0.9)),
-}
+# stream-meta learners the bench knows: the daemon's presets ("sgd": the baseline).
+# One table: stream_meta/learn/presets.py.
+LEARNERS: dict[str, dict] = {name: preset_settings(name) for name in PRESETS}
 
 
 def save_tasks(tasks: Sequence[Task], path: str) -> None:
@@ -70,10 +51,9 @@ def build(method: str, input_dim: int, num_classes: int, seed: int, overrides: d
     if method not in LEARNERS:
         raise ValueError(f"unknown stream-meta learner {method!r}; choose from {sorted(LEARNERS)}")
     model_cfg = ModelConfig(input_dim, num_classes)
-    if method == "sgd":
+    if LEARNERS[method]["algorithm"] == "sgd":
         return OnlineSGDLearner(model_cfg, lr=0.1, seed=seed)
-    groups = {"inner_cfg": InnerLoopConfig(), "meta_cfg": MetaStepConfig(), "replay_cfg": ReplayConfig(),
-              "reg_cfg": RegularizerConfig(), **LEARNERS[method]}
+    groups = preset_groups(method)
     for name, fields in (overrides or {}).items():
         if name not in groups:
             raise ValueError(f"unknown group {name!r} in overrides; choose from {sorted(groups)}")
