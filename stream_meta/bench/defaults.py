@@ -10,7 +10,9 @@ Hoeffding tree and logistic regression on the same records, as references).
 
 The rule: per protocol, candidates are ranked by prequential accuracy (1 = best,
 ties share the mean rank); the default is the candidate with the best mean rank over
-all protocols; ties go to the smaller worst-case gap to the best candidate.
+all protocols among those that keep up (median records/s at least half the fastest
+meta-learning candidate's: a daemon's default must not fall behind its feed); ties go
+to the smaller worst-case gap to the best candidate.
 
 example: stream-meta bench defaults --json defaults.json
 """
@@ -103,8 +105,13 @@ def ranks(scores: dict[str, float]) -> dict[str, float]:
     return out
 
 
+KEEP_UP = 0.5  # a default runs at least this share of the fastest meta-learner's median records/s
+
+
 def choose(results: dict[str, dict[str, dict]], candidates: list[str]) -> tuple[str, dict[str, dict]]:
-    """The rule: best mean rank over protocols, ties to the smaller worst-case gap."""
+    """The rule: best mean rank over protocols among the candidates that keep up (median
+    records/s at least ``KEEP_UP`` of the fastest meta-learning candidate's), ties to the
+    smaller worst-case gap."""
     per: dict[str, dict] = {c: {"ranks": [], "gaps": [], "accs": []} for c in candidates}
     for rows in results.values():
         acc = {c: rows[c]["prequential_accuracy"] for c in candidates}
@@ -113,9 +120,13 @@ def choose(results: dict[str, dict[str, dict]], candidates: list[str]) -> tuple[
             per[c]["ranks"].append(r)
             per[c]["gaps"].append(best - acc[c])
             per[c]["accs"].append(acc[c])
+    rate = {c: statistics.median(rows[c].get("records_per_second") or 0 for rows in results.values()) for c in candidates}
+    fastest = max((rate[c] for c in candidates if c != "sgd"), default=0.0)
     table = {c: {"mean_rank": sum(v["ranks"]) / len(v["ranks"]), "worst_gap": max(v["gaps"]),
-                 "mean_accuracy": sum(v["accs"]) / len(v["accs"])} for c, v in per.items()}
-    winner = min(candidates, key=lambda c: (table[c]["mean_rank"], table[c]["worst_gap"]))
+                 "mean_accuracy": sum(v["accs"]) / len(v["accs"]), "median_records_per_second": rate[c],
+                 "keeps_up": rate[c] >= KEEP_UP * fastest} for c, v in per.items()}
+    eligible = [c for c in candidates if table[c]["keeps_up"]] or candidates
+    winner = min(eligible, key=lambda c: (table[c]["mean_rank"], table[c]["worst_gap"]))
     return winner, table
 
 
@@ -145,6 +156,7 @@ def print_summary(results: dict[str, dict[str, dict]], candidates: list[str], ta
     print(f"{'mean accuracy':18s}" + "".join(f"{_pct(table[c]['mean_accuracy']):>16s}" for c in candidates))
     rate = {c: statistics.median(rows[c]["records_per_second"] or 0 for rows in results.values()) for c in candidates}
     print(f"{'median rec/s':18s}" + "".join(f"{rate[c]:16.0f}" for c in candidates))
+    print(f"{'keeps up':18s}" + "".join(f"{'yes' if table[c]['keeps_up'] else 'no':>16s}" for c in candidates))
     note = "" if winner == DEFAULT_PRESET else f" (the daemon's default is {DEFAULT_PRESET}: update stream_meta/learn/presets.py)"
     print(f"\nbest across protocols: {winner}{note}")
 

@@ -6,8 +6,9 @@ a preset before anything heavy is loaded. A preset lists only what it changes fr
 presets existed); :func:`preset_settings` returns the full learner settings.
 
 The daemon's default is :data:`DEFAULT_PRESET`, chosen by ``stream-meta bench
-defaults`` with the rule in the README (best mean rank across every protocol; on
-2026-11-30 Meta-SGD: mean rank 1.87 of 6 over 15 protocols, reptile+er-tuned 2.17).
+defaults`` with the rule in the README (best mean rank across every protocol among the
+presets that keep up; on 2026-11-30 reptile+er-tuned: mean rank 2.17 of 6 over 15
+protocols; Meta-SGD ranked 1.87 but ran at a quarter of its records/s).
 
 >>> preset_settings("fomaml")["algorithm"], preset_settings("reptile+er-tuned")["meta_lr"]
 ('fomaml', 0.005)
@@ -63,7 +64,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # Chosen by `stream-meta bench defaults` (README, "Choosing the default learner").
-DEFAULT_PRESET = "metasgd"
+DEFAULT_PRESET = "reptile+er-tuned"
 
 
 def preset_names() -> tuple[str, ...]:

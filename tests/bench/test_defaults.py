@@ -13,7 +13,7 @@ def test_ranks_share_ties_and_best_is_one():
 
 def test_the_rule_is_best_mean_rank_then_smallest_worst_gap():
     def rows(**acc):
-        return {k: {"prequential_accuracy": v} for k, v in acc.items()}
+        return {k: {"prequential_accuracy": v, "records_per_second": 100} for k, v in acc.items()}
 
     # a wins one protocol by far and loses two narrowly; b is second-best everywhere.
     results = {"p1": rows(a=0.9, b=0.6, c=0.5), "p2": rows(a=0.5, b=0.6, c=0.7), "p3": rows(a=0.5, b=0.6, c=0.7)}
@@ -25,6 +25,20 @@ def test_the_rule_is_best_mean_rank_then_smallest_worst_gap():
     winner, table = choose(results, ["a", "b"])
     assert table["a"]["mean_rank"] == table["b"]["mean_rank"] and winner == "b"
     assert table["b"]["worst_gap"] == pytest.approx(0.1)
+
+
+def test_a_default_must_keep_up_with_the_fastest_meta_learner():
+    def rows(**acc_rate):
+        return {k: {"prequential_accuracy": a, "records_per_second": r} for k, (a, r) in acc_rate.items()}
+
+    # "slow" is the most accurate everywhere but runs at a fifth of "fast"'s rate
+    results = {p: rows(slow=(0.9, 20), fast=(0.8, 100), sgd=(0.5, 400)) for p in ("p1", "p2")}
+    winner, table = choose(results, ["slow", "fast", "sgd"])
+    assert table["slow"]["mean_rank"] == 1 and not table["slow"]["keeps_up"]
+    assert table["fast"]["keeps_up"] and winner == "fast"  # sgd's rate is not the yardstick
+    # within half the fastest meta-learner's rate, accuracy decides
+    results = {p: rows(slow=(0.9, 60), fast=(0.8, 100)) for p in ("p1", "p2")}
+    assert choose(results, ["slow", "fast"])[0] == "slow"
 
 
 @pytest.mark.slow
