@@ -204,10 +204,10 @@ class OnlineMetaLearner:
     def learn_batch(self, tasks: Sequence[str], x: torch.Tensor, y: torch.Tensor) -> LearnReport:
         """Learns labelled rows ``x`` [n, d], ``y`` [n] of ``tasks`` together.
 
-        Every row joins its task's window; each task that completed an episode gets one
-        meta-update, on its newest episode (with replayed episodes and memory records),
-        and every completed episode is offered to the replay memory; cached fast weights
-        take one inner step on their grown window. One row is exactly :meth:`learn`.
+        Every row joins its task's window; each task that completed episodes gets one
+        meta-update, on all of them (with replayed episodes and memory records), and every
+        completed episode is then offered to the replay memory; cached fast weights take
+        one inner step on their grown window. One row is exactly :meth:`learn`.
         """
         report = LearnReport()
         newest: dict[str, list[Episode]] = {}
@@ -230,7 +230,7 @@ class OnlineMetaLearner:
             if episodes:
                 newest.setdefault(task, []).extend(episodes)
         for task, episodes in newest.items():
-            self._meta_update(episodes[-1], report)
+            self._meta_update(episodes, report)
             for episode in episodes:
                 self.replay.add(episode, self._rng)
         if self.inner_cfg.steps > 0:
@@ -263,12 +263,16 @@ class OnlineMetaLearner:
                 window = torch.cat([window[0], mx[mine]]), torch.cat([window[1], my[mine]])
             self.reg.on_boundary(self.model, self.params, window)
 
-    def _meta_update(self, episode: Episode, report: LearnReport) -> None:
+    def _meta_update(self, episodes: list[Episode], report: LearnReport) -> None:
+        """One meta-update on a task's new ``episodes`` (every one its learn batch completed;
+        the newest's query set gets the replayed memory records) and replayed episodes."""
+        *older, episode = episodes
         if self.replay_cfg.memory_query > 0 and len(self.memory):
             mx, my = self.memory.sample(self.replay_cfg.memory_query, self._rng)
             episode = Episode(episode.task, episode.support_x, episode.support_y,
                               torch.cat([episode.query_x, mx]), torch.cat([episode.query_y, my]))
-        batch = [self._as_targets(e) for e in (episode, *self.replay.sample(self.meta_cfg.replay_per_update, self._rng))]
+        replayed = self.replay.sample(self.meta_cfg.replay_per_update, self._rng)
+        batch = [self._as_targets(e) for e in (*older, episode, *replayed)]
         loss_grads: Params = {}
 
         def penalise(grads: Params) -> Params:
