@@ -111,7 +111,7 @@ class Service:
             self.source = self.open_source(dict(self.offsets), self._on_revoke)
             backoff = 0.5
             while not self._stop.is_set():
-                self._heartbeat = time.monotonic()
+                self._heartbeat = poll_from = time.monotonic()
                 try:
                     polled = self.source.poll(self._poll_timeout_s())
                 except StreamMetaError as exc:
@@ -130,12 +130,16 @@ class Service:
                 self.batcher.add(polled, now)
                 busy_from = time.perf_counter()  # elapsed_seconds counts processing, never waiting
                 at_end = self.settings.stop_at_end and self.source.backlog_done()
+                processed = False
                 for records, arrived in self.batcher.ready(now, drain=at_end):
                     if self._stop.is_set() or self._limit_reached():
                         break
                     self.process(records[:self._room()], arrived)
+                    processed = True
                 if polled or at_end:
                     self.stats.elapsed_seconds += time.perf_counter() - busy_from
+                if processed:
+                    self.stats.stream_seconds += time.monotonic() - poll_from
                 self._update_gauges()
                 if self.settings.progress:
                     self.progress.show(self.stats)

@@ -42,6 +42,8 @@ class RunStats:
         self._positions: OrderedDict[str, int] = OrderedDict()  # task -> labelled records so far (LRU)
         self.tasks_seen = 0
         self.elapsed_seconds = 0.0  # time spent processing records, summed over the daemon's lives (no idle polls)
+        # ... and polling plus processing, over the polls that brought records (consume + learn)
+        self.stream_seconds = 0.0
 
     def next_position(self, task: str) -> int:
         """The 1-based position the next labelled record of ``task`` takes."""
@@ -91,6 +93,10 @@ class RunStats:
             "elapsed_seconds": round(elapsed, 3),
             # Records per second of processing time: idle waits for new records do not dilute it.
             "records_per_second": round(self.records_consumed / elapsed, 1) if elapsed > 0 else None,
+            # Consume + learn: the polls that brought records count too (what a feed must outpace).
+            "stream_seconds": round(self.stream_seconds, 3),
+            "records_per_stream_second": (round(self.records_consumed / self.stream_seconds, 1)
+                                          if self.stream_seconds > 0 else None),
         }
 
     def state_dict(self) -> dict:
@@ -100,6 +106,7 @@ class RunStats:
                 self.meta_updates, self.correct, self.scored, self.tasks_seen,
             ],
             "elapsed_seconds": self.elapsed_seconds,
+            "stream_seconds": self.stream_seconds,
             "rejected_by_reason": dict(self.rejected_by_reason),
             "by_bucket": {b: list(v) for b, v in self.by_bucket.items()},
             "window": list(self._window),
@@ -112,6 +119,7 @@ class RunStats:
             self.meta_updates, self.correct, self.scored, self.tasks_seen,
         ) = (int(v) for v in state["counters"])
         self.elapsed_seconds = float(state["elapsed_seconds"])
+        self.stream_seconds = float(state.get("stream_seconds", 0.0))  # absent before it existed
         self.rejected_by_reason = Counter({k: int(v) for k, v in state["rejected_by_reason"].items()})
         self.by_bucket = {b: [int(c), int(n)] for b, (c, n) in state["by_bucket"].items()}
         self._window = deque((int(v) for v in state["window"]), maxlen=self.accuracy_window)
