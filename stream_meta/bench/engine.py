@@ -37,6 +37,15 @@ def write_stream(path: Path, dataset: str, records: int, seed: int = 0, data_dir
     return n
 
 
+def learner_flags(name: str) -> list[str]:
+    """``--preset NAME`` for a preset, else the base settings (preset ``fomaml``, the learner's
+    own defaults) with ``--algorithm NAME``: an algorithm is compared on equal terms, not with
+    the default preset's memory and step sizes."""
+    from stream_meta.learn.presets import PRESETS
+
+    return ["--preset", name] if name in PRESETS else ["--preset", "fomaml", "--algorithm", name]
+
+
 def run_once(path: Path, dataset: str, threads: int, algorithm: str, workdir: Path, extra: list[str]) -> dict:
     from stream_meta.data.datasets import info
 
@@ -45,7 +54,7 @@ def run_once(path: Path, dataset: str, threads: int, algorithm: str, workdir: Pa
     cmd = [
         sys.executable, "-m", "stream_meta.cli.main", "run", "--input-file", str(path),
         "--input-dim", str(meta.input_dim), "--num-classes", str(meta.num_classes),
-        "--algorithm", algorithm, "--torch-threads", str(threads), "--stop-at-end",
+        *learner_flags(algorithm), "--torch-threads", str(threads), "--stop-at-end",
         "--metrics-port", "0", "--checkpoint-dir", str(workdir / f"ckpt-{time.monotonic_ns()}"),
         "--summary-json", str(summary), "--log-level", "WARNING", *extra,
     ]
