@@ -1,0 +1,248 @@
+"""Task-free streams: which task a record belongs to when the stream does not say.
+
+:class:`TaskRouter` gives every record the task id the learner predicts and learns it
+under. ``mode`` is ``field`` (the record's own ``task``, :data:`DEFAULT_TASK` when it has
+none: the daemon's behaviour before detection existed), ``detect`` (ignore the field,
+detect) or ``auto`` (the field when present, detection otherwise).
+
+Detection uses the learner's own signal: the prequential loss of each labelled record
+under the fast weights it was predicted with. A one-sided Page-Hinkley test on that
+loss (clipped, so one confident mistake cannot fire it alone) fires when the loss
+rises well above the task's running level for a few records; the records since the
+test's minimum are the new task's first records. They are then scored against the
+stored tasks (each one's fast weights, adapted from the meta-parameters on its window):
+the best stored task is reused when its loss is near its usual level and clearly below
+a cold start from the meta-parameters; otherwise a new task ``auto-N`` begins.
+
+Per poll the daemon calls :meth:`route` on the records (predict with those ids), then
+:meth:`assign` on the labelled rows before learning them; ``assign`` returns the ids
+to learn the rows under (rows after a boundary found inside the batch move to the new
+task) and the boundaries found, which also land in :attr:`boundaries`.
+
+>>> r = TaskRouter("auto")
+>>> r.route(["a", None, "default"])
+['a', 'auto-0', 'auto-0']
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+MODES = ("field", "detect", "auto")
+DEFAULT_TASK = "default"  # what the record decoders put in ``task`` when the record has none
+BOUNDARY_KINDS = ("detected", "recurring", "given")
+MAX_BOUNDARIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Boundary:
+    """The first record of a new task segment (``row`` indexes the batch given to :meth:`assign`)."""
+
+    task: str
+    kind: str  # one of BOUNDARY_KINDS
+    row: int
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+    previous: str | None = None
+    fired: int = -1  # the row whose loss made the detector fire (``row`` for given boundaries)
+
+    def summary(self) -> dict:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset,
+                "task": self.task, "kind": self.kind}
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """A CUSUM of the current fast weights' loss against a fresh challenger's, plus matching.
+
+    Each labelled record is scored twice before it is learned: by the fast weights it was
+    predicted with, and by fast weights adapted from the meta-parameters on only the
+    ``support`` records before it (a task that began just now). Inside one task the
+    current weights, adapted on more of the task, win; after a change the fresh ones do.
+    Pairing the two on the same record cancels how hard the record is, so one hard
+    record does not fire it. ``delta``: per-record advantage tolerated; ``threshold``:
+    summed advantage that fires; ``warmup``: records of a new segment before it can end;
+    ``clip``: per-record loss cap; ``evidence``: most newest records scored against stored
+    tasks; ``alpha``: EWMA rate of a task's usual loss; ``match_margin``: a stored task
+    matches when its loss on the new records is within this of its usual level and this
+    far below a cold start; ``max_tasks``: stored tasks kept for matching.
+    """
+
+    support: int = 5
+    delta: float = 0.1
+    threshold: float = 3.0
+    warmup: int = 10
+    clip: float = 4.0
+    evidence: int = 10
+    alpha: float = 0.1
+    match_margin: float = 0.5
+    max_tasks: int = 64
+
+    def __post_init__(self) -> None:
+        if min(self.threshold, self.alpha, self.clip) <= 0 or self.alpha > 1 or min(
+                self.support, self.warmup, self.evidence, self.max_tasks) < 1:
+            raise ValueError(f"invalid detector settings: {self}")
+
+
+class TaskRouter:
+    """Task ids for records that may carry none; detection, recurrence, boundary log."""
+
+    def __init__(self, mode: str = "auto", cfg: DetectorConfig = DetectorConfig()) -> None:
+        if mode not in MODES:
+            raise ValueError(f"task mode must be one of {MODES}, got {mode!r}")
+        self.mode, self.cfg = mode, cfg
+        self.current = "auto-0"
+        self.next_id = 1
+        self.tasks_detected = 0
+        self.tasks_recurring = 0
+        self.boundaries: deque[dict] = deque(maxlen=MAX_BOUNDARIES)
+        self._last_given: str | None = None
+        self._reset(level=None)
+        # task -> its usual loss level when the stream left it (the match threshold).
+        self._stored: OrderedDict[str, float] = OrderedDict()
+        self._recent: deque[tuple[torch.Tensor, int]] = deque(maxlen=max(cfg.support, cfg.evidence))
+
+    def _reset(self, level: float | None) -> None:
+        self._n = 0  # labelled records in the current segment
+        self._level = level  # EWMA of the current weights' clipped loss: the task's usual level
+        self._cusum = 0.0
+        self._since_zero = 0  # records since the CUSUM was last 0: the new task's records when it fires
+
+    # -- routing ----------------------------------------------------------------
+    def _given(self, task: str | None) -> str | None:
+        if self.mode == "detect" or task is None or (self.mode == "auto" and task == DEFAULT_TASK):
+            return None
+        return task
+
+    def route(self, given: Sequence[str | None]) -> list[str]:
+        """Task id for predicting each record; ``given[i]`` is its ``task`` field or None."""
+        if self.mode == "field":
+            return [DEFAULT_TASK if t is None else t for t in given]
+        return [g if (g := self._given(t)) is not None else self.current for t in given]
+
+    # -- detection ----------------------------------------------------------------
+    def assign(self, learner, tasks: Sequence[str], x: torch.Tensor, y: torch.Tensor,
+               given: Sequence[str | None] | None = None,
+               where: Sequence[tuple[str, int, int]] | None = None) -> tuple[list[str], list[Boundary]]:
+        """Ids to learn labelled rows under, and the boundaries among them; call before learning.
+
+        ``tasks``: the ids the rows were predicted with (from :meth:`route`, or kept in the
+        pending store); ``given``: their ``task`` fields (None = none, the default); ``where``:
+        each row's (topic, partition, offset) for the boundary log.
+        """
+        out, found = list(tasks), []
+        if not len(out):
+            return out, found
+        given = [None] * len(out) if given is None else given
+        detect_rows = []
+        for i, t in enumerate(given):
+            g = t if self.mode == "field" else self._given(t)
+            if self.mode == "field" and g is None:
+                g = DEFAULT_TASK
+            if g is not None:
+                if g != self._last_given:
+                    if self._last_given is not None:
+                        found.append(self._log(Boundary(g, "given", i, previous=self._last_given, fired=i), where))
+                    self._last_given = g
+            elif tasks[i] == self.current:  # records routed to an older segment (late labels) are learned as routed
+                detect_rows.append(i)
+        if detect_rows and hasattr(learner, "task_losses"):  # plain SGD has one model: nothing to detect for
+            xd, yd = x[detect_rows], y[detect_rows]
+            cur = learner.task_losses([tasks[i] for i in detect_rows], xd, yd).clamp(max=self.cfg.clip)
+            support = list(self._recent)[-self.cfg.support:]
+            sx = torch.stack([r[0] for r in support]) if support else xd[:0]
+            sy = torch.tensor([r[1] for r in support], dtype=torch.long)
+            fresh = learner.adapted_losses(sx, sy, xd, yd).clamp(max=self.cfg.clip)
+            for j, i in enumerate(detect_rows):
+                self._recent.append((x[i], int(y[i])))
+                if self._step(float(cur[j]), float(fresh[j])):
+                    k = min(max(self._since_zero, 3), self.cfg.evidence, len(self._recent))
+                    ev = list(self._recent)[-k:]
+                    task, kind = self._new_task(learner, torch.stack([r[0] for r in ev]),
+                                                torch.tensor([r[1] for r in ev], dtype=torch.long))
+                    moved = detect_rows[max(0, j + 1 - k): j + 1]
+                    found.append(self._log(Boundary(task, kind, moved[0], previous=tasks[i], fired=i), where))
+                    for m in detect_rows[detect_rows.index(moved[0]):]:
+                        out[m] = task
+                    break  # the rest of the batch was scored with the old weights: the new segment starts next poll
+        found.sort(key=lambda b: b.row)
+        return out, found
+
+    def _step(self, cur: float, fresh: float) -> bool:
+        """One CUSUM step on the current weights' excess loss; True when a new task has begun."""
+        self._n += 1
+        a = self.cfg.alpha if self._level is not None else 1.0
+        self._level = (1 - a) * (self._level or 0.0) + a * cur
+        if self._n <= self.cfg.warmup:
+            return False
+        self._cusum = max(0.0, self._cusum + cur - fresh - self.cfg.delta)
+        self._since_zero = 0 if self._cusum == 0.0 else self._since_zero + 1
+        return self._cusum > self.cfg.threshold
+
+    def _new_task(self, learner, x: torch.Tensor, y: torch.Tensor) -> tuple[str, str]:
+        """A stored task the new records fit, or a fresh ``auto-N``; switches to it."""
+        leaving, level = self.current, self._level
+        self._store(leaving, level)
+        match, kind = None, "detected"
+        candidates = [t for t in self._stored if t != leaving]
+        if candidates:
+            cold = float(learner.prior_losses(x, y).clamp(max=self.cfg.clip).mean())
+            scores = {t: float(learner.task_losses([t] * len(y), x, y).clamp(max=self.cfg.clip).mean()) for t in candidates}
+            best = min(scores, key=scores.get)
+            usual = self._stored[best]
+            if scores[best] <= usual + self.cfg.match_margin and scores[best] <= cold - self.cfg.match_margin:
+                match, kind = best, "recurring"
+        if match is None:
+            match = f"auto-{self.next_id}"
+            self.next_id += 1
+            self.tasks_detected += 1
+        else:
+            self.tasks_recurring += 1
+        self.current = match
+        self._reset(level=self._stored.get(match))
+        return match, kind
+
+    def _store(self, task: str, level: float | None) -> None:
+        if level is None:
+            return
+        self._stored[task] = level
+        self._stored.move_to_end(task)
+        while len(self._stored) > self.cfg.max_tasks:
+            self._stored.popitem(last=False)
+
+    def _log(self, b: Boundary, where: Sequence[tuple[str, int, int]] | None) -> Boundary:
+        if where is not None:
+            topic, partition, offset = where[b.row]
+            b = Boundary(b.task, b.kind, b.row, topic, partition, offset, b.previous, b.fired)
+        self.boundaries.append(b.summary())
+        return b
+
+    # -- state ------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "mode": self.mode, "current": self.current, "next_id": self.next_id,
+            "tasks_detected": self.tasks_detected, "tasks_recurring": self.tasks_recurring,
+            "boundaries": list(self.boundaries), "last_given": self._last_given,
+            "detector": {"n": self._n, "level": self._level, "cusum": self._cusum, "since_zero": self._since_zero},
+            "recent_x": torch.stack([r[0] for r in self._recent]) if self._recent else torch.empty(0),
+            "recent_y": [r[1] for r in self._recent],
+            "stored": list(self._stored.items()),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.current, self.next_id = state["current"], int(state["next_id"])
+        self.tasks_detected, self.tasks_recurring = int(state["tasks_detected"]), int(state["tasks_recurring"])
+        self.boundaries = deque(state["boundaries"], maxlen=MAX_BOUNDARIES)
+        self._last_given = state["last_given"]
+        d = state["detector"]
+        self._n, self._level, self._cusum, self._since_zero = d["n"], d["level"], d["cusum"], d["since_zero"]
+        self._recent.clear()
+        self._recent.extend(zip(state["recent_x"].unbind(0) if state["recent_y"] else (), state["recent_y"]))
+        self._stored = OrderedDict((t, float(v)) for t, v in state["stored"])
+
+
