@@ -194,3 +194,84 @@ def recurrence_scores(s: Stream, learned_as: list[str | None], correct: torch.Te
     return {"returns": returns, "reidentified": reid / returns,
             "first10_accuracy_return": float(np.mean(first10_return)),
             "first10_accuracy_first_visit": float(np.mean(first10_new))}
+
+
+SETTINGS = ("given", "stripped", "sgd")
+
+
+def _pct(v) -> str:
+    return "    -" if v is None else f"{100 * v:5.1f}"
+
+
+def _num(v, fmt: str = "5.1f") -> str:
+    return "    -" if v is None else format(v, fmt)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    streams = list(dict.fromkeys(r["stream"] for r in rows if r["batch"] == rows[0]["batch"]))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(SETTINGS)
+    for k, setting in enumerate(SETTINGS):
+        vals = [next((100 * r["prequential_accuracy"] for r in rows if r["stream"] == s and r["setting"] == setting
+                      and r["batch"] == rows[0]["batch"]), 0.0) for s in streams]
+        ax.bar([i + k * width for i in range(len(streams))], vals, width, label=setting)
+    ax.set_xticks([i + width for i in range(len(streams))], streams)
+    ax.set_ylabel("prequential accuracy (%)")
+    ax.set_title(f"task ids given / stripped / plain SGD (poll size {rows[0]['batch']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="stream-meta bench taskfree", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--streams", default=",".join(STREAMS), help=f"comma-separated, from {','.join(STREAMS)}")
+    p.add_argument("--source", default="auto", choices=["auto", "digits", "mnist"],
+                   help="auto: digits, plus MNIST when --data-dir holds it")
+    p.add_argument("--data-dir", default="data/mnist")
+    p.add_argument("--batches", default="1,10", help="poll sizes (records predicted, then learned, together)")
+    p.add_argument("--scale", type=float, default=1.0, help="shrink records per task, e.g. 0.3 for a quick look")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--plot", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+
+    sources = [args.source] if args.source != "auto" else ["digits"] + (
+        ["mnist"] if (Path(args.data_dir) / "train-images-idx3-ubyte").exists() else [])
+    rows: list[dict] = []
+    print(f"{'source':6s} {'stream':12s} {'poll':>4s} {'setting':14s} {'acc%':>5s} {'F1':>5s} {'prec':>5s} {'rec':>5s} "
+          f"{'delay':>5s} {'p95':>5s} {'fp/1k':>5s} {'reid%':>5s} {'1st10':>5s} {'rec/s':>6s}")
+    for source in sources:
+        for name in args.streams.split(","):
+            s = build_stream(name, source, args.seed, args.data_dir, args.scale)
+            settings = list(SETTINGS) + (["stripped-cold"] if name == "recurring" else [])
+            for batch in (int(b) for b in args.batches.split(",")):
+                for setting in settings:
+                    det = DetectorConfig(match_margin=-1e9) if setting == "stripped-cold" else DetectorConfig()
+                    r = run(s, "stripped" if setting == "stripped-cold" else setting, batch, args.seed, det)
+                    r.update(source=source, setting=setting)
+                    rows.append(r)
+                    print(f"{source:6s} {name:12s} {batch:4d} {setting:14s} {_pct(r['prequential_accuracy'])} "
+                          f"{_num(r.get('f1'), '5.2f')} {_num(r.get('precision'), '5.2f')} {_num(r.get('recall'), '5.2f')} "
+                          f"{_num(r.get('delay_mean'))} {_num(r.get('delay_p95'))} {_num(r.get('false_per_1000'))} "
+                          f"{_pct(r.get('reidentified'))} {_pct(r.get('first10_accuracy_return'))} "
+                          f"{r['records_per_second']:6.0f}{'' if r['learned_once'] else '  LABELS NOT LEARNED ONCE'}",
+                          flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -82,6 +82,8 @@ class DetectorConfig:
     alpha: float = 0.1
     match_margin: float = 0.5
     max_tasks: int = 64
+    signal: str = "loss"  # "loss": current vs challenger weights; "signature": distance to the task's class means
+    challenger: str = "fresh"  # "fresh", "prior" (the meta-parameters) or "best" (the lower of the two per record)
 
     def __post_init__(self) -> None:
         if min(self.threshold, self.alpha, self.clip) <= 0 or self.alpha > 1 or min(
@@ -112,6 +114,7 @@ class TaskRouter:
         self._level = level  # EWMA of the current weights' clipped loss: the task's usual level
         self._cusum = 0.0
         self._since_zero = 0  # records since the CUSUM was last 0: the new task's records when it fires
+        self._means: dict[int, tuple[torch.Tensor, int]] | None = None  # class means (signal "signature")
 
     # -- routing ----------------------------------------------------------------
     def _given(self, task: str | None) -> str | None:
@@ -153,14 +156,19 @@ class TaskRouter:
                 detect_rows.append(i)
         if detect_rows and hasattr(learner, "task_losses"):  # plain SGD has one model: nothing to detect for
             xd, yd = x[detect_rows], y[detect_rows]
-            cur = learner.task_losses([tasks[i] for i in detect_rows], xd, yd).clamp(max=self.cfg.clip)
-            support = list(self._recent)[-self.cfg.support:]
-            sx = torch.stack([r[0] for r in support]) if support else xd[:0]
-            sy = torch.tensor([r[1] for r in support], dtype=torch.long)
-            fresh = learner.adapted_losses(sx, sy, xd, yd).clamp(max=self.cfg.clip)
+            if self.cfg.signal == "loss":
+                cur = learner.task_losses([tasks[i] for i in detect_rows], xd, yd).clamp(max=self.cfg.clip)
+                support = list(self._recent)[-self.cfg.support:]
+                sx = torch.stack([r[0] for r in support]) if support else xd[:0]
+                sy = torch.tensor([r[1] for r in support], dtype=torch.long)
+                fresh = self._challenger(learner, sx, sy, xd, yd)
             for j, i in enumerate(detect_rows):
                 self._recent.append((x[i], int(y[i])))
-                if self._step(float(cur[j]), float(fresh[j])):
+                if self.cfg.signal == "loss":
+                    fired = self._step(float(cur[j]), float(fresh[j]))
+                else:
+                    fired = self._sig_step(x[i], int(y[i]))
+                if fired:
                     k = min(max(self._since_zero, 3), self.cfg.evidence, len(self._recent))
                     ev = list(self._recent)[-k:]
                     task, kind = self._new_task(learner, torch.stack([r[0] for r in ev]),
@@ -172,6 +180,35 @@ class TaskRouter:
                     break  # the rest of the batch was scored with the old weights: the new segment starts next poll
         found.sort(key=lambda b: b.row)
         return out, found
+
+    def _challenger(self, learner, sx, sy, x, y) -> torch.Tensor:
+        c = self.cfg.challenger
+        fresh = learner.adapted_losses(sx, sy, x, y) if c != "prior" else None
+        prior = learner.prior_losses(x, y) if c != "fresh" else None
+        out = fresh if prior is None else prior if fresh is None else torch.minimum(fresh, prior)
+        return out.clamp(max=self.cfg.clip)
+
+    def _sig_step(self, x: torch.Tensor, y: int) -> bool:
+        """CUSUM of the record's distance to its class's mean in this segment, relative to the usual distance."""
+        means = self._means
+        if means is None:
+            means = self._means = {}
+        m = means.get(y)
+        self._n += 1
+        if m is None:
+            means[y] = (x.clone(), 1)
+            return False
+        mu, k = m
+        d = float(((x - mu) ** 2).mean())
+        means[y] = (mu + (x - mu) / (k + 1), k + 1)
+        a = self.cfg.alpha if self._level is not None else 1.0
+        level = self._level if self._level is not None else d
+        self._level = (1 - a) * level + a * d
+        if self._n <= self.cfg.warmup:
+            return False
+        self._cusum = max(0.0, self._cusum + min(d / max(level, 1e-8), self.cfg.clip) - 1 - self.cfg.delta)
+        self._since_zero = 0 if self._cusum == 0.0 else self._since_zero + 1
+        return self._cusum > self.cfg.threshold
 
     def _step(self, cur: float, fresh: float) -> bool:
         """One CUSUM step on the current weights' excess loss; True when a new task has begun."""
