@@ -76,13 +76,12 @@ class DetectorConfig:
     support: int = 5
     delta: float = 0.1
     threshold: float = 3.0
-    warmup: int = 10
+    warmup: int = 20
     clip: float = 4.0
     evidence: int = 10
     alpha: float = 0.1
     match_margin: float = 0.5
     max_tasks: int = 64
-    signal: str = "loss"  # "loss": current vs challenger weights; "signature": distance to the task's class means
     challenger: str = "fresh"  # "fresh", "prior" (the meta-parameters) or "best" (the lower of the two per record)
 
     def __post_init__(self) -> None:
@@ -112,9 +111,9 @@ class TaskRouter:
     def _reset(self, level: float | None) -> None:
         self._n = 0  # labelled records in the current segment
         self._level = level  # EWMA of the current weights' clipped loss: the task's usual level
+        self._calm = level
         self._cusum = 0.0
         self._since_zero = 0  # records since the CUSUM was last 0: the new task's records when it fires
-        self._means: dict[int, tuple[torch.Tensor, int]] | None = None  # class means (signal "signature")
 
     # -- routing ----------------------------------------------------------------
     def _given(self, task: str | None) -> str | None:
@@ -156,19 +155,14 @@ class TaskRouter:
                 detect_rows.append(i)
         if detect_rows and hasattr(learner, "task_losses"):  # plain SGD has one model: nothing to detect for
             xd, yd = x[detect_rows], y[detect_rows]
-            if self.cfg.signal == "loss":
-                cur = learner.task_losses([tasks[i] for i in detect_rows], xd, yd).clamp(max=self.cfg.clip)
-                support = list(self._recent)[-self.cfg.support:]
-                sx = torch.stack([r[0] for r in support]) if support else xd[:0]
-                sy = torch.tensor([r[1] for r in support], dtype=torch.long)
-                fresh = self._challenger(learner, sx, sy, xd, yd)
+            cur = learner.task_losses([tasks[i] for i in detect_rows], xd, yd).clamp(max=self.cfg.clip)
+            support = list(self._recent)[-self.cfg.support:]
+            sx = torch.stack([r[0] for r in support]) if support else xd[:0]
+            sy = torch.tensor([r[1] for r in support], dtype=torch.long)
+            fresh = self._challenger(learner, sx, sy, xd, yd)
             for j, i in enumerate(detect_rows):
                 self._recent.append((x[i], int(y[i])))
-                if self.cfg.signal == "loss":
-                    fired = self._step(float(cur[j]), float(fresh[j]))
-                else:
-                    fired = self._sig_step(x[i], int(y[i]))
-                if fired:
+                if self._step(float(cur[j]), float(fresh[j])):
                     k = min(max(self._since_zero, 3), self.cfg.evidence, len(self._recent))
                     ev = list(self._recent)[-k:]
                     task, kind = self._new_task(learner, torch.stack([r[0] for r in ev]),
@@ -188,42 +182,23 @@ class TaskRouter:
         out = fresh if prior is None else prior if fresh is None else torch.minimum(fresh, prior)
         return out.clamp(max=self.cfg.clip)
 
-    def _sig_step(self, x: torch.Tensor, y: int) -> bool:
-        """CUSUM of the record's distance to its class's mean in this segment, relative to the usual distance."""
-        means = self._means
-        if means is None:
-            means = self._means = {}
-        m = means.get(y)
-        self._n += 1
-        if m is None:
-            means[y] = (x.clone(), 1)
-            return False
-        mu, k = m
-        d = float(((x - mu) ** 2).mean())
-        means[y] = (mu + (x - mu) / (k + 1), k + 1)
-        a = self.cfg.alpha if self._level is not None else 1.0
-        level = self._level if self._level is not None else d
-        self._level = (1 - a) * level + a * d
-        if self._n <= self.cfg.warmup:
-            return False
-        self._cusum = max(0.0, self._cusum + min(d / max(level, 1e-8), self.cfg.clip) - 1 - self.cfg.delta)
-        self._since_zero = 0 if self._cusum == 0.0 else self._since_zero + 1
-        return self._cusum > self.cfg.threshold
-
     def _step(self, cur: float, fresh: float) -> bool:
         """One CUSUM step on the current weights' excess loss; True when a new task has begun."""
         self._n += 1
         a = self.cfg.alpha if self._level is not None else 1.0
         self._level = (1 - a) * (self._level or 0.0) + a * cur
         if self._n <= self.cfg.warmup:
+            self._calm = self._level
             return False
         self._cusum = max(0.0, self._cusum + cur - fresh - self.cfg.delta)
         self._since_zero = 0 if self._cusum == 0.0 else self._since_zero + 1
+        if self._cusum == 0.0:
+            self._calm = self._level  # the task's level before any sign of change: what it is stored with
         return self._cusum > self.cfg.threshold
 
     def _new_task(self, learner, x: torch.Tensor, y: torch.Tensor) -> tuple[str, str]:
         """A stored task the new records fit, or a fresh ``auto-N``; switches to it."""
-        leaving, level = self.current, self._level
+        leaving, level = self.current, self._calm
         self._store(leaving, level)
         match, kind = None, "detected"
         candidates = [t for t in self._stored if t != leaving]
@@ -232,7 +207,8 @@ class TaskRouter:
             scores = {t: float(learner.task_losses([t] * len(y), x, y).clamp(max=self.cfg.clip).mean()) for t in candidates}
             best = min(scores, key=scores.get)
             usual = self._stored[best]
-            if scores[best] <= usual + self.cfg.match_margin and scores[best] <= cold - self.cfg.match_margin:
+            # Near its usual level, and no worse than starting cold (when both fit, it is the same task).
+            if scores[best] <= min(usual + self.cfg.match_margin, cold):
                 match, kind = best, "recurring"
         if match is None:
             match = f"auto-{self.next_id}"
@@ -265,7 +241,7 @@ class TaskRouter:
             "mode": self.mode, "current": self.current, "next_id": self.next_id,
             "tasks_detected": self.tasks_detected, "tasks_recurring": self.tasks_recurring,
             "boundaries": list(self.boundaries), "last_given": self._last_given,
-            "detector": {"n": self._n, "level": self._level, "cusum": self._cusum, "since_zero": self._since_zero},
+            "detector": {"n": self._n, "level": self._level, "calm": self._calm, "cusum": self._cusum, "since_zero": self._since_zero},
             "recent_x": torch.stack([r[0] for r in self._recent]) if self._recent else torch.empty(0),
             "recent_y": [r[1] for r in self._recent],
             "stored": list(self._stored.items()),
@@ -277,7 +253,8 @@ class TaskRouter:
         self.boundaries = deque(state["boundaries"], maxlen=MAX_BOUNDARIES)
         self._last_given = state["last_given"]
         d = state["detector"]
-        self._n, self._level, self._cusum, self._since_zero = d["n"], d["level"], d["cusum"], d["since_zero"]
+        self._n, self._level, self._calm, self._cusum, self._since_zero = (
+            d["n"], d["level"], d["calm"], d["cusum"], d["since_zero"])
         self._recent.clear()
         self._recent.extend(zip(state["recent_x"].unbind(0) if state["recent_y"] else (), state["recent_y"]))
         self._stored = OrderedDict((t, float(v)) for t, v in state["stored"])
