@@ -271,6 +271,16 @@ class OnlineMetaLearner:
             self.memory.add(tasks[i], x[i], int(y[i]), self._rng)
         return report
 
+    def refile(self, src: str, dst: str, n: int) -> int:
+        """Moves ``src``'s newest ``n`` window records to ``dst``: a task boundary detected
+        ``n`` records late gives the new task the records that were its own. Nothing is
+        learned again; the two tasks' fast weights are re-adapted when next used."""
+        moved = self.episodes.move_newest(src, dst, n)
+        if moved:
+            self._fast.pop(src, None)
+            self._fast.pop(dst, None)
+        return moved
+
     @torch.no_grad()
     def _probe_predict(self, task: str, x: torch.Tensor) -> torch.Tensor:
         # Adapted from the meta-parameters on the task's window, as predict would, but

@@ -82,6 +82,8 @@ class DetectorConfig:
     alpha: float = 0.1
     match_margin: float = 0.5
     max_tasks: int = 64
+    level_delta: float = 0.5
+    level_threshold: float = 8.0  # 0 turns the level test off
     challenger: str = "fresh"  # "fresh", "prior" (the meta-parameters) or "best" (the lower of the two per record)
 
     def __post_init__(self) -> None:
@@ -113,6 +115,7 @@ class TaskRouter:
         self._level = level  # EWMA of the current weights' clipped loss: the task's usual level
         self._calm = level
         self._cusum = 0.0
+        self._rise = 0.0
         self._since_zero = 0  # records since the CUSUM was last 0: the new task's records when it fires
 
     # -- routing ----------------------------------------------------------------
@@ -168,6 +171,8 @@ class TaskRouter:
                     task, kind = self._new_task(learner, torch.stack([r[0] for r in ev]),
                                                 torch.tensor([r[1] for r in ev], dtype=torch.long))
                     moved = detect_rows[max(0, j + 1 - k): j + 1]
+                    if k > len(moved) and hasattr(learner, "refile"):  # the new task's records already learned
+                        learner.refile(tasks[i], task, k - len(moved))
                     found.append(self._log(Boundary(task, kind, moved[0], previous=tasks[i], fired=i), where))
                     for m in detect_rows[detect_rows.index(moved[0]):]:
                         out[m] = task
@@ -183,7 +188,12 @@ class TaskRouter:
         return out.clamp(max=self.cfg.clip)
 
     def _step(self, cur: float, fresh: float) -> bool:
-        """One CUSUM step on the current weights' excess loss; True when a new task has begun."""
+        """One step of both CUSUMs; True when a new task has begun.
+
+        Paired: the current weights' loss above the fresh challenger's (catches a change the
+        challenger already fits). Level: the current loss above the task's calm level
+        (catches a jump neither model fits yet, e.g. labels the task never used).
+        """
         self._n += 1
         a = self.cfg.alpha if self._level is not None else 1.0
         self._level = (1 - a) * (self._level or 0.0) + a * cur
@@ -191,10 +201,11 @@ class TaskRouter:
             self._calm = self._level
             return False
         self._cusum = max(0.0, self._cusum + cur - fresh - self.cfg.delta)
-        self._since_zero = 0 if self._cusum == 0.0 else self._since_zero + 1
-        if self._cusum == 0.0:
+        self._rise = max(0.0, self._rise + cur - (self._calm or 0.0) - self.cfg.level_delta)
+        self._since_zero = 0 if self._cusum == 0.0 and self._rise == 0.0 else self._since_zero + 1
+        if self._cusum == 0.0 and self._rise == 0.0:
             self._calm = self._level  # the task's level before any sign of change: what it is stored with
-        return self._cusum > self.cfg.threshold
+        return self._cusum > self.cfg.threshold or 0 < self.cfg.level_threshold < self._rise
 
     def _new_task(self, learner, x: torch.Tensor, y: torch.Tensor) -> tuple[str, str]:
         """A stored task the new records fit, or a fresh ``auto-N``; switches to it."""
@@ -241,7 +252,7 @@ class TaskRouter:
             "mode": self.mode, "current": self.current, "next_id": self.next_id,
             "tasks_detected": self.tasks_detected, "tasks_recurring": self.tasks_recurring,
             "boundaries": list(self.boundaries), "last_given": self._last_given,
-            "detector": {"n": self._n, "level": self._level, "calm": self._calm, "cusum": self._cusum, "since_zero": self._since_zero},
+            "detector": {"n": self._n, "level": self._level, "calm": self._calm, "cusum": self._cusum, "rise": self._rise, "since_zero": self._since_zero},
             "recent_x": torch.stack([r[0] for r in self._recent]) if self._recent else torch.empty(0),
             "recent_y": [r[1] for r in self._recent],
             "stored": list(self._stored.items()),
@@ -253,8 +264,8 @@ class TaskRouter:
         self.boundaries = deque(state["boundaries"], maxlen=MAX_BOUNDARIES)
         self._last_given = state["last_given"]
         d = state["detector"]
-        self._n, self._level, self._calm, self._cusum, self._since_zero = (
-            d["n"], d["level"], d["calm"], d["cusum"], d["since_zero"])
+        self._n, self._level, self._calm, self._cusum, self._rise, self._since_zero = (
+            d["n"], d["level"], d["calm"], d["cusum"], d["rise"], d["since_zero"])
         self._recent.clear()
         self._recent.extend(zip(state["recent_x"].unbind(0) if state["recent_y"] else (), state["recent_y"]))
         self._stored = OrderedDict((t, float(v)) for t, v in state["stored"])
