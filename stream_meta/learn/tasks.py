@@ -83,6 +83,7 @@ class DetectorConfig:
     match_margin: float = 0.5
     max_tasks: int = 64
     level_delta: float = 0.5
+    level_warmup: int = 20  # may arm the level test sooner than the paired one (5 measured: no better)
     level_threshold: float = 8.0  # 0 turns the level test off
     challenger: str = "fresh"  # "fresh", "prior" (the meta-parameters) or "best" (the lower of the two per record)
 
@@ -197,10 +198,11 @@ class TaskRouter:
         self._n += 1
         a = self.cfg.alpha if self._level is not None else 1.0
         self._level = (1 - a) * (self._level or 0.0) + a * cur
-        if self._n <= self.cfg.warmup:
+        if self._n <= min(self.cfg.warmup, self.cfg.level_warmup):
             self._calm = self._level
             return False
-        self._cusum = max(0.0, self._cusum + cur - fresh - self.cfg.delta)
+        if self._n > self.cfg.warmup:
+            self._cusum = max(0.0, self._cusum + cur - fresh - self.cfg.delta)
         self._rise = max(0.0, self._rise + cur - (self._calm or 0.0) - self.cfg.level_delta)
         self._since_zero = 0 if self._cusum == 0.0 and self._rise == 0.0 else self._since_zero + 1
         if self._cusum == 0.0 and self._rise == 0.0:
