@@ -5,14 +5,19 @@ under. ``mode`` is ``field`` (the record's own ``task``, :data:`DEFAULT_TASK` wh
 none: the daemon's behaviour before detection existed), ``detect`` (ignore the field,
 detect) or ``auto`` (the field when present, detection otherwise).
 
-Detection uses the learner's own signal: the prequential loss of each labelled record
-under the fast weights it was predicted with. A one-sided Page-Hinkley test on that
-loss (clipped, so one confident mistake cannot fire it alone) fires when the loss
-rises well above the task's running level for a few records; the records since the
-test's minimum are the new task's first records. They are then scored against the
-stored tasks (each one's fast weights, adapted from the meta-parameters on its window):
-the best stored task is reused when its loss is near its usual level and clearly below
-a cold start from the meta-parameters; otherwise a new task ``auto-N`` begins.
+Detection uses the learner's own signals on each labelled record, before it is learned:
+its loss under the fast weights it was predicted with (``cur``), and its loss under fast
+weights adapted from the meta-parameters on only the few records before it (``fresh``,
+the OSAKA / Continual-MAML challenger). Two CUSUMs run on them: ``cur - fresh`` (paired
+on the same record, so a hard record does not count) and ``cur`` above the task's calm
+level (a jump neither model fits yet). When one passes its threshold the records since
+the CUSUMs were last zero are the new task's first records: they are scored against the
+stored tasks (each one's fast weights, adapted on its own window); the best is reused
+(``recurring``) when its loss is near its usual level and no worse than a cold start
+from the meta-parameters, otherwise a new task ``auto-N`` begins (``detected``). Those
+records, already learned under the old id, are refiled to the new task's window
+(:meth:`OnlineMetaLearner.refile`), so the new task adapts from its own first records.
+Why these signals and thresholds: ``stream-meta bench taskfree`` (README).
 
 Per poll the daemon calls :meth:`route` on the records (predict with those ids), then
 :meth:`assign` on the labelled rows before learning them; ``assign`` returns the ids
@@ -109,7 +114,8 @@ class TaskRouter:
         self._reset(level=None)
         # task -> its usual loss level when the stream left it (the match threshold).
         self._stored: OrderedDict[str, float] = OrderedDict()
-        self._recent: deque[tuple[torch.Tensor, int]] = deque(maxlen=max(cfg.support, cfg.evidence))
+        # The newest labelled records of the current segment: (x, y, (topic, partition, offset)).
+        self._recent: deque[tuple[torch.Tensor, int, tuple]] = deque(maxlen=max(cfg.support, cfg.evidence))
 
     def _reset(self, level: float | None) -> None:
         self._n = 0  # labelled records in the current segment
@@ -165,7 +171,7 @@ class TaskRouter:
             sy = torch.tensor([r[1] for r in support], dtype=torch.long)
             fresh = self._challenger(learner, sx, sy, xd, yd)
             for j, i in enumerate(detect_rows):
-                self._recent.append((x[i], int(y[i])))
+                self._recent.append((x[i], int(y[i]), ("", -1, -1) if where is None else tuple(where[i])))
                 if self._step(float(cur[j]), float(fresh[j])):
                     k = min(max(self._since_zero, 3), self.cfg.evidence, len(self._recent))
                     ev = list(self._recent)[-k:]
@@ -174,7 +180,8 @@ class TaskRouter:
                     moved = detect_rows[max(0, j + 1 - k): j + 1]
                     if k > len(moved) and hasattr(learner, "refile"):  # the new task's records already learned
                         learner.refile(tasks[i], task, k - len(moved))
-                    found.append(self._log(Boundary(task, kind, moved[0], previous=tasks[i], fired=i), where))
+                    topic, partition, offset = ev[0][2]  # the new task's first record, maybe from an earlier poll
+                    found.append(self._log(Boundary(task, kind, moved[0], topic, partition, offset, tasks[i], i), None))
                     for m in detect_rows[detect_rows.index(moved[0]):]:
                         out[m] = task
                     break  # the rest of the batch was scored with the old weights: the new segment starts next poll
@@ -257,6 +264,7 @@ class TaskRouter:
             "detector": {"n": self._n, "level": self._level, "calm": self._calm, "cusum": self._cusum, "rise": self._rise, "since_zero": self._since_zero},
             "recent_x": torch.stack([r[0] for r in self._recent]) if self._recent else torch.empty(0),
             "recent_y": [r[1] for r in self._recent],
+            "recent_where": [list(r[2]) for r in self._recent],
             "stored": list(self._stored.items()),
         }
 
@@ -269,7 +277,8 @@ class TaskRouter:
         self._n, self._level, self._calm, self._cusum, self._rise, self._since_zero = (
             d["n"], d["level"], d["calm"], d["cusum"], d["rise"], d["since_zero"])
         self._recent.clear()
-        self._recent.extend(zip(state["recent_x"].unbind(0) if state["recent_y"] else (), state["recent_y"]))
+        self._recent.extend(zip(state["recent_x"].unbind(0) if state["recent_y"] else (), state["recent_y"],
+                                (tuple(w) for w in state["recent_where"])))
         self._stored = OrderedDict((t, float(v)) for t, v in state["stored"])
 
 
