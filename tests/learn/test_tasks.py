@@ -84,3 +84,22 @@ def test_state_dict_round_trip_continues_identically():
     fb = drive(b, mb, [(2, 40)], seed=5)
     assert fa == fb and len(fa) == 1
     assert a.state_dict()["stored"] == b.state_dict()["stored"] and list(a.boundaries) == list(b.boundaries)
+
+
+def test_refile_moves_the_newest_window_records_to_the_new_task():
+    m = learner()
+    x, y = records(0, 6, 0)
+    m.learn_batch(["a"] * 6, x, y)
+    assert m.refile("a", "b", 2) == 2
+    wa, wb = m.episodes.window("a"), m.episodes.window("b")
+    assert torch.equal(wa[0], x[:4]) and torch.equal(wb[0], x[4:]) and torch.equal(wb[1], y[4:])
+    assert m.refile("missing", "b", 3) == 0
+
+
+def test_task_losses_use_each_tasks_fast_weights():
+    m = learner()
+    x, y = records(0, 30, 1)
+    m.learn_batch(["a"] * 30, x, y)
+    la = m.task_losses(["a"] * 30, x, y)
+    assert la.shape == (30,) and float(la.mean()) < float(m.prior_losses(x, y).mean())
+    assert torch.allclose(m.task_losses(["never-seen"] * 30, x, y), m.prior_losses(x, y))
