@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
+from stream_meta.learn.signatures import TaskSignatures
+
 MODES = ("field", "detect", "auto")
 DEFAULT_TASK = "default"  # what the record decoders put in ``task`` when the record has none
 BOUNDARY_KINDS = ("detected", "recurring", "given")
@@ -90,6 +92,8 @@ class DetectorConfig:
     level_delta: float = 0.5
     level_warmup: int = 20  # may arm the level test sooner than the paired one (5 measured: no better)
     level_threshold: float = 8.0  # 0 turns the level test off
+    match: str = "signature"  # "signature": class-mean distances; "loss": re-adapted fast weights
+    match_ratio: float = 2.0  # signature match: distance at most this times the task's usual
     challenger: str = "fresh"  # "fresh", "prior" (the meta-parameters) or "best" (the lower of the two per record)
 
     def __post_init__(self) -> None:
@@ -114,6 +118,7 @@ class TaskRouter:
         self._reset(level=None)
         # task -> its usual loss level when the stream left it (the match threshold).
         self._stored: OrderedDict[str, float] = OrderedDict()
+        self.signatures = TaskSignatures(cfg.max_tasks)
         # The newest labelled records of the current segment: (x, y, (topic, partition, offset)).
         self._recent: deque[tuple[torch.Tensor, int, tuple]] = deque(maxlen=max(cfg.support, cfg.evidence))
 
@@ -172,6 +177,7 @@ class TaskRouter:
             fresh = self._challenger(learner, sx, sy, xd, yd)
             for j, i in enumerate(detect_rows):
                 self._recent.append((x[i], int(y[i]), ("", -1, -1) if where is None else tuple(where[i])))
+                self.signatures.update(self.current, x[i], int(y[i]))
                 if self._step(float(cur[j]), float(fresh[j])):
                     k = min(max(self._since_zero, 3), self.cfg.evidence, len(self._recent))
                     ev = list(self._recent)[-k:]
@@ -222,7 +228,11 @@ class TaskRouter:
         self._store(leaving, level)
         match, kind = None, "detected"
         candidates = [t for t in self._stored if t != leaving]
-        if candidates:
+        if self.cfg.match == "signature":
+            best, score = self.signatures.best(x, y, exclude=leaving)
+            if best is not None and score <= self.cfg.match_ratio:
+                match, kind = best, "recurring"
+        elif candidates:
             cold = float(learner.prior_losses(x, y).clamp(max=self.cfg.clip).mean())
             scores = {t: float(learner.task_losses([t] * len(y), x, y).clamp(max=self.cfg.clip).mean()) for t in candidates}
             best = min(scores, key=scores.get)
@@ -238,6 +248,8 @@ class TaskRouter:
             self.tasks_recurring += 1
         self.current = match
         self._reset(level=self._stored.get(match))
+        for xi, yi in zip(x, y.tolist()):  # the evidence records are the new task's
+            self.signatures.update(match, xi, yi)
         return match, kind
 
     def _store(self, task: str, level: float | None) -> None:
@@ -266,6 +278,7 @@ class TaskRouter:
             "recent_y": [r[1] for r in self._recent],
             "recent_where": [list(r[2]) for r in self._recent],
             "stored": list(self._stored.items()),
+            "signatures": self.signatures.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -280,5 +293,6 @@ class TaskRouter:
         self._recent.extend(zip(state["recent_x"].unbind(0) if state["recent_y"] else (), state["recent_y"],
                                 (tuple(w) for w in state["recent_where"])))
         self._stored = OrderedDict((t, float(v)) for t, v in state["stored"])
+        self.signatures.load_state_dict(state["signatures"])
 
 
