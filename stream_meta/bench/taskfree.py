@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = list(SETTINGS) + (["stripped-cold"] if name == "recurring" else [])
             for batch in (int(b) for b in args.batches.split(",")):
                 for setting in settings:
-                    det = DetectorConfig(match_margin=-1e9) if setting == "stripped-cold" else DetectorConfig()
+                    det = DetectorConfig(match="none") if setting == "stripped-cold" else DetectorConfig()
                     r = run(s, "stripped" if setting == "stripped-cold" else setting, batch, args.seed, det)
                     r.update(source=source, setting=setting)
                     rows.append(r)

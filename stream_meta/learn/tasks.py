@@ -92,8 +92,9 @@ class DetectorConfig:
     level_delta: float = 0.5
     level_warmup: int = 20  # may arm the level test sooner than the paired one (5 measured: no better)
     level_threshold: float = 8.0  # 0 turns the level test off
-    match: str = "signature"  # "signature": class-mean distances; "loss": re-adapted fast weights
+    match: str = "loss"  # "loss": re-adapted fast weights; "signature": class-mean distances; "none"
     match_ratio: float = 2.0  # signature match: distance at most this times the task's usual
+    match_evidence: int = 3  # fewest newest records a match is decided on
     challenger: str = "fresh"  # "fresh", "prior" (the meta-parameters) or "best" (the lower of the two per record)
 
     def __post_init__(self) -> None:
@@ -179,7 +180,7 @@ class TaskRouter:
                 self._recent.append((x[i], int(y[i]), ("", -1, -1) if where is None else tuple(where[i])))
                 self.signatures.update(self.current, x[i], int(y[i]))
                 if self._step(float(cur[j]), float(fresh[j])):
-                    k = min(max(self._since_zero, 3), self.cfg.evidence, len(self._recent))
+                    k = min(max(self._since_zero, self.cfg.match_evidence), self.cfg.evidence, len(self._recent))
                     ev = list(self._recent)[-k:]
                     task, kind = self._new_task(learner, torch.stack([r[0] for r in ev]),
                                                 torch.tensor([r[1] for r in ev], dtype=torch.long))
@@ -232,7 +233,7 @@ class TaskRouter:
             best, score = self.signatures.best(x, y, exclude=leaving)
             if best is not None and score <= self.cfg.match_ratio:
                 match, kind = best, "recurring"
-        elif candidates:
+        elif candidates and self.cfg.match == "loss":
             cold = float(learner.prior_losses(x, y).clamp(max=self.cfg.clip).mean())
             scores = {t: float(learner.task_losses([t] * len(y), x, y).clamp(max=self.cfg.clip).mean()) for t in candidates}
             best = min(scores, key=scores.get)

@@ -3,7 +3,7 @@ import torch
 
 from stream_meta.learn.config import ModelConfig
 from stream_meta.learn.learner import OnlineMetaLearner
-from stream_meta.learn.tasks import DEFAULT_TASK, TaskRouter
+from stream_meta.learn.tasks import DEFAULT_TASK, DetectorConfig, TaskRouter
 
 DIM, CLASSES = 8, 4
 MEANS = torch.eye(CLASSES, DIM) * 3.0
@@ -56,8 +56,9 @@ def test_a_boundary_is_found_near_where_it_is(batch):
     assert router.boundaries[-1] == {"topic": "in", "partition": 0, "offset": offset, "task": "auto-1", "kind": "detected"}
 
 
-def test_a_recurring_task_is_matched_to_its_old_id():
-    router, m = TaskRouter("detect"), learner()
+@pytest.mark.parametrize("match", ["loss", "signature"])
+def test_a_recurring_task_is_matched_to_its_old_id(match):
+    router, m = TaskRouter("detect", DetectorConfig(match=match)), learner()
     found = drive(router, m, [(0, 150), (2, 100), (0, 40)])
     assert [(k, t) for _, k, t in found] == [("detected", "auto-1"), ("recurring", "auto-0")], found
     assert 250 <= found[1][0] <= 262
