@@ -82,7 +82,7 @@ class DetectorConfig:
 
     support: int = 5
     delta: float = 0.1
-    threshold: float = 3.0
+    threshold: float = 4.5
     warmup: int = 20
     clip: float = 4.0
     evidence: int = 10
@@ -91,7 +91,7 @@ class DetectorConfig:
     max_tasks: int = 64
     level_delta: float = 0.5
     level_warmup: int = 20  # may arm the level test sooner than the paired one (5 measured: no better)
-    level_threshold: float = 8.0  # 0 turns the level test off
+    level_threshold: float = 10.0  # 0 turns the level test off
     match: str = "loss"  # "loss": re-adapted fast weights; "signature": class-mean distances; "none"
     match_ratio: float = 2.0  # signature match: distance at most this times the task's usual
     match_evidence: int = 3  # fewest newest records a match is decided on
