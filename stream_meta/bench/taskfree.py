@@ -117,12 +117,9 @@ def run(s: Stream, setting: str, batch: int, seed: int = 0, detector: DetectorCo
     t0 = time.perf_counter()
 
     def learn(rows: list[int], tasks: list[str]) -> None:
-        given = [s.tasks[i] if given_ids else None for i in rows]
         x, y = s.x[rows], s.y[rows]
-        tasks, found = router.assign(learner, tasks, x, y, given=given)
-        for b in found:
-            if b.kind != "given":
-                fired.append((rows[b.fired], b.kind, b.task))
+        tasks, found = router.assign(learner, tasks, x, y)
+        fired.extend((rows[b.fired], b.kind, b.task) for b in found)
         learner.learn_batch(tasks, x, y)
         for i, t in zip(rows, tasks):
             learned_as[i] = t

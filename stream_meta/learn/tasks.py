@@ -19,10 +19,11 @@ records, already learned under the old id, are refiled to the new task's window
 (:meth:`OnlineMetaLearner.refile`), so the new task adapts from its own first records.
 Why these signals and thresholds: ``stream-meta bench taskfree`` (README).
 
-Per poll the daemon calls :meth:`route` on the records (predict with those ids), then
-:meth:`assign` on the labelled rows before learning them; ``assign`` returns the ids
-to learn the rows under (rows after a boundary found inside the batch move to the new
-task) and the boundaries found, which also land in :attr:`boundaries`.
+Per poll the daemon calls :meth:`route` on the records (predict with those ids; given-id
+changes are logged), then :meth:`assign` on the labelled rows before learning them;
+``assign`` returns the ids to learn the rows under (rows after a boundary found inside
+the batch move to the new task) and the boundaries found. Every boundary also lands in
+:attr:`boundaries` (the last 10,000, summary form) and :attr:`counts`.
 
 >>> r = TaskRouter("auto")
 >>> r.route(["a", None, "default"])
@@ -115,6 +116,7 @@ class TaskRouter:
         self.tasks_detected = 0
         self.tasks_recurring = 0
         self.boundaries: deque[dict] = deque(maxlen=MAX_BOUNDARIES)
+        self.counts = dict.fromkeys(BOUNDARY_KINDS, 0)  # boundaries ever logged, by kind
         self._last_given: str | None = None
         self._reset(level=None)
         # task -> its usual loss level when the stream left it (the match threshold).
@@ -137,38 +139,38 @@ class TaskRouter:
             return None
         return task
 
-    def route(self, given: Sequence[str | None]) -> list[str]:
-        """Task id for predicting each record; ``given[i]`` is its ``task`` field or None."""
-        if self.mode == "field":
-            return [DEFAULT_TASK if t is None else t for t in given]
-        return [g if (g := self._given(t)) is not None else self.current for t in given]
+    def route(self, given: Sequence[str | None], where: Sequence[tuple[str, int, int]] | None = None) -> list[str]:
+        """Task id for predicting each record (call once per record, in stream order).
+
+        ``given[i]``: the record's ``task`` field, None (or ``default``) when it has none;
+        ``where[i]``: its (topic, partition, offset), for the boundary log. A change of the
+        given id is logged here as a ``given`` boundary.
+        """
+        out = []
+        for i, t in enumerate(given):
+            g = (DEFAULT_TASK if t is None else t) if self.mode == "field" else self._given(t)
+            if g is not None and g != self._last_given:
+                if self._last_given is not None:
+                    self._log(Boundary(g, "given", i, previous=self._last_given, fired=i), where)
+                self._last_given = g
+            out.append(self.current if g is None else g)
+        return out
 
     # -- detection ----------------------------------------------------------------
     def assign(self, learner, tasks: Sequence[str], x: torch.Tensor, y: torch.Tensor,
-               given: Sequence[str | None] | None = None,
                where: Sequence[tuple[str, int, int]] | None = None) -> tuple[list[str], list[Boundary]]:
-        """Ids to learn labelled rows under, and the boundaries among them; call before learning.
+        """Ids to learn labelled rows under, and the boundaries detected among them; call
+        before learning them.
 
         ``tasks``: the ids the rows were predicted with (from :meth:`route`, or kept in the
-        pending store); ``given``: their ``task`` fields (None = none, the default); ``where``:
-        each row's (topic, partition, offset) for the boundary log.
+        pending store for a late label); ``where``: each row's (topic, partition, offset).
+        Only rows predicted under the current detected task feed detection: rows with a
+        given id, and late labels of a task the stream has left, are learned as routed.
         """
         out, found = list(tasks), []
-        if not len(out):
+        if self.mode == "field" or not out:
             return out, found
-        given = [None] * len(out) if given is None else given
-        detect_rows = []
-        for i, t in enumerate(given):
-            g = t if self.mode == "field" else self._given(t)
-            if self.mode == "field" and g is None:
-                g = DEFAULT_TASK
-            if g is not None:
-                if g != self._last_given:
-                    if self._last_given is not None:
-                        found.append(self._log(Boundary(g, "given", i, previous=self._last_given, fired=i), where))
-                    self._last_given = g
-            elif tasks[i] == self.current:  # records routed to an older segment (late labels) are learned as routed
-                detect_rows.append(i)
+        detect_rows = [i for i, t in enumerate(tasks) if t == self.current]
         if detect_rows and hasattr(learner, "task_losses"):  # plain SGD has one model: nothing to detect for
             xd, yd = x[detect_rows], y[detect_rows]
             cur = learner.task_losses([tasks[i] for i in detect_rows], xd, yd).clamp(max=self.cfg.clip)
@@ -266,6 +268,7 @@ class TaskRouter:
             topic, partition, offset = where[b.row]
             b = Boundary(b.task, b.kind, b.row, topic, partition, offset, b.previous, b.fired)
         self.boundaries.append(b.summary())
+        self.counts[b.kind] += 1
         return b
 
     # -- state ------------------------------------------------------------------
@@ -273,7 +276,7 @@ class TaskRouter:
         return {
             "mode": self.mode, "current": self.current, "next_id": self.next_id,
             "tasks_detected": self.tasks_detected, "tasks_recurring": self.tasks_recurring,
-            "boundaries": list(self.boundaries), "last_given": self._last_given,
+            "boundaries": list(self.boundaries), "counts": dict(self.counts), "last_given": self._last_given,
             "detector": {"n": self._n, "level": self._level, "calm": self._calm, "cusum": self._cusum, "rise": self._rise, "since_zero": self._since_zero},
             "recent_x": torch.stack([r[0] for r in self._recent]) if self._recent else torch.empty(0),
             "recent_y": [r[1] for r in self._recent],
@@ -286,6 +289,7 @@ class TaskRouter:
         self.current, self.next_id = state["current"], int(state["next_id"])
         self.tasks_detected, self.tasks_recurring = int(state["tasks_detected"]), int(state["tasks_recurring"])
         self.boundaries = deque(state["boundaries"], maxlen=MAX_BOUNDARIES)
+        self.counts = {**dict.fromkeys(BOUNDARY_KINDS, 0), **state["counts"]}
         self._last_given = state["last_given"]
         d = state["detector"]
         self._n, self._level, self._calm, self._cusum, self._rise, self._since_zero = (

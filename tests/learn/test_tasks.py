@@ -68,10 +68,19 @@ def test_a_recurring_task_is_matched_to_its_old_id(match):
 def test_given_ids_log_given_boundaries_and_skip_detection():
     router, m = TaskRouter("auto"), learner()
     x, y = records(0, 4, 0)
-    tasks = router.route(["a", "a", "b", None])
+    tasks = router.route(["a", "a", "b", None], where=[("in", 0, o) for o in range(10, 14)])
     assert tasks == ["a", "a", "b", "auto-0"]
-    out, found = router.assign(m, tasks, x, y, given=["a", "a", "b", None])
-    assert out == tasks and [(b.row, b.kind, b.task, b.previous) for b in found] == [(2, "given", "b", "a")]
+    assert list(router.boundaries) == [{"topic": "in", "partition": 0, "offset": 12, "task": "b", "kind": "given"}]
+    assert router.counts == {"detected": 0, "recurring": 0, "given": 1}
+    out, found = router.assign(m, tasks, x, y)
+    assert out == tasks and found == []
+
+
+def test_field_mode_routes_absent_ids_to_default_and_never_detects():
+    router = TaskRouter("field")
+    assert router.route([None, "b"]) == [DEFAULT_TASK, "b"] and router.counts["given"] == 1
+    x, y = records(0, 2, 0)
+    assert router.assign(learner(), ["default", "b"], x, y) == (["default", "b"], [])
 
 
 def test_state_dict_round_trip_continues_identically():
