@@ -66,19 +66,21 @@ class Boundary:
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """A CUSUM of the current fast weights' loss against a fresh challenger's, plus matching.
+    """Two CUSUMs on the learner's losses, and how a new segment is matched to a stored task.
 
-    Each labelled record is scored twice before it is learned: by the fast weights it was
-    predicted with, and by fast weights adapted from the meta-parameters on only the
-    ``support`` records before it (a task that began just now). Inside one task the
-    current weights, adapted on more of the task, win; after a change the fresh ones do.
-    Pairing the two on the same record cancels how hard the record is, so one hard
-    record does not fire it. ``delta``: per-record advantage tolerated; ``threshold``:
-    summed advantage that fires; ``warmup``: records of a new segment before it can end;
-    ``clip``: per-record loss cap; ``evidence``: most newest records scored against stored
-    tasks; ``alpha``: EWMA rate of a task's usual loss; ``match_margin``: a stored task
-    matches when its loss on the new records is within this of its usual level and this
-    far below a cold start; ``max_tasks``: stored tasks kept for matching.
+    Each labelled record is scored before it is learned by the fast weights it was
+    predicted with (``cur``) and by fast weights adapted from the meta-parameters on only
+    the ``support`` records before it (``challenger="fresh"``; ``prior``: the
+    meta-parameters; ``best``: the lower of the two). Paired CUSUM: ``cur - fresh - delta``,
+    fires past ``threshold`` (one hard record counts for both, so it cancels). Level
+    CUSUM: ``cur - calm level - level_delta``, fires past ``level_threshold`` (a jump no
+    model fits yet). Neither runs in a segment's first ``warmup`` / ``level_warmup``
+    records; losses are capped at ``clip``; ``alpha`` is the EWMA rate of the level. At a
+    boundary the newest ``match_evidence``..``evidence`` records are matched (``match``):
+    ``loss``: the stored task whose fast weights' loss on them is within ``match_margin``
+    of its usual level and no worse than the meta-parameters'; ``signature``: class-mean
+    distance at most ``match_ratio`` times the task's usual; ``none``. ``max_tasks`` stored
+    tasks are kept. Defaults chosen with ``stream-meta bench taskfree`` (README).
     """
 
     support: int = 5
@@ -100,7 +102,8 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         if min(self.threshold, self.alpha, self.clip) <= 0 or self.alpha > 1 or min(
-                self.support, self.warmup, self.evidence, self.max_tasks) < 1:
+                self.support, self.warmup, self.evidence, self.max_tasks) < 1 or self.match not in (
+                "loss", "signature", "none") or self.challenger not in ("fresh", "prior", "best"):
             raise ValueError(f"invalid detector settings: {self}")
 
 
@@ -180,7 +183,8 @@ class TaskRouter:
             fresh = self._challenger(learner, sx, sy, xd, yd)
             for j, i in enumerate(detect_rows):
                 self._recent.append((x[i], int(y[i]), ("", -1, -1) if where is None else tuple(where[i])))
-                self.signatures.update(self.current, x[i], int(y[i]))
+                if self.cfg.match == "signature":
+                    self.signatures.update(self.current, x[i], int(y[i]))
                 if self._step(float(cur[j]), float(fresh[j])):
                     k = min(max(self._since_zero, self.cfg.match_evidence), self.cfg.evidence, len(self._recent))
                     ev = list(self._recent)[-k:]
@@ -251,8 +255,9 @@ class TaskRouter:
             self.tasks_recurring += 1
         self.current = match
         self._reset(level=self._stored.get(match))
-        for xi, yi in zip(x, y.tolist()):  # the evidence records are the new task's
-            self.signatures.update(match, xi, yi)
+        if self.cfg.match == "signature":
+            for xi, yi in zip(x, y.tolist()):  # the evidence records are the new task's
+                self.signatures.update(match, xi, yi)
         return match, kind
 
     def _store(self, task: str, level: float | None) -> None:

@@ -43,6 +43,8 @@ def test_route_modes():
     assert TaskRouter("auto").route(["a", None, DEFAULT_TASK]) == ["a", "auto-0", "auto-0"]
     with pytest.raises(ValueError):
         TaskRouter("guess")
+    with pytest.raises(ValueError):
+        DetectorConfig(match="nearest")
 
 
 @pytest.mark.parametrize("batch", [1, 10])
