@@ -12,6 +12,18 @@ from stream_meta import __version__
 from stream_meta.errors import StreamMetaError
 
 
+# `stream-meta bench NAME`: the module whose main(argv) runs it (imported only when chosen).
+BENCHES = {
+    "meta-step": "stream_meta.bench.meta_step",
+    "engine": "stream_meta.bench.engine",
+    "fewshot": "stream_meta.bench.fewshot",
+    "cl": "stream_meta.bench.cl",
+    "decode": "stream_meta.bench.decode",
+    "kafka": "stream_meta.bench.kafka",
+    "defaults": "stream_meta.bench.defaults",
+    "taskfree": "stream_meta.bench.taskfree",
+}
+
 EXAMPLES = {
     "run": "example: stream-meta run --bootstrap 127.0.0.1:9092 --topic digits --input-dim 64 --num-classes 10 "
     "--metrics-port 9108 --checkpoint-dir ./ckpt",
@@ -83,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout-s", type=float, default=5.0)
 
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
-    bench.add_argument("name", choices=["meta-step", "engine", "fewshot", "cl", "decode", "defaults", "kafka"], help="which benchmark")
+    bench.add_argument("name", choices=list(BENCHES), help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (try: bench NAME --help)")
     return p
 
@@ -102,22 +114,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
     rest = [a for a in args.args if a != "--"]
-    if args.name == "meta-step":
-        from stream_meta.bench.meta_step import main as bench_main
-    elif args.name == "fewshot":
-        from stream_meta.bench.fewshot import main as bench_main
-    elif args.name == "cl":
-        from stream_meta.bench.cl import main as bench_main
-    elif args.name == "decode":
-        from stream_meta.bench.decode import main as bench_main
-    elif args.name == "kafka":
-        from stream_meta.bench.kafka import main as bench_main
-    elif args.name == "defaults":
-        from stream_meta.bench.defaults import main as bench_main
-    else:
-        from stream_meta.bench.engine import main as bench_main
-    return bench_main(rest)
+    return importlib.import_module(BENCHES[args.name]).main(rest)
 
 
 def main(argv: list[str] | None = None) -> int:

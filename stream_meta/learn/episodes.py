@@ -74,6 +74,21 @@ class EpisodeBuilder:
             return None
         return torch.stack(tuple(w.xs)), torch.tensor(tuple(w.ys), dtype=torch.long)
 
+    def move_newest(self, src: str, dst: str, n: int) -> int:
+        """Moves ``src``'s newest ``n`` records to the end of ``dst``'s window (a task boundary
+        found a few records late); returns how many moved. No episode is emitted."""
+        w = self._tasks.get(src)
+        if w is None or n <= 0:
+            return 0
+        k = min(n, len(w.xs))
+        xs = [w.xs.pop() for _ in range(k)][::-1]
+        ys = [w.ys.pop() for _ in range(k)][::-1]
+        d = self._window(dst)
+        d.xs.extend(xs)
+        d.ys.extend(ys)
+        d.seen += k
+        return k
+
     def seen(self, task: str) -> int:
         """How many labelled records of ``task`` were added (0 for unknown / evicted)."""
         w = self._tasks.get(task)

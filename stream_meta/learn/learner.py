@@ -197,6 +197,33 @@ class OnlineMetaLearner:
             out[rows] = logits.argmax(1)
         return out
 
+    @torch.no_grad()
+    def task_losses(self, tasks: Sequence[str], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-row cross-entropy of ``x`` [n, d] against ``y`` [n] under each row's task's fast
+        weights (the meta-parameters for a task without records): the signal task detection
+        and recurring-task matching read (:mod:`stream_meta.learn.tasks`)."""
+        out = torch.empty(len(tasks))
+        for task, rows in _rows_by_task(tasks).items():
+            logits = mlp_forward(self.model, self.fast_weights(task), x[rows])
+            out[rows] = F.cross_entropy(logits, y[rows], reduction="none")
+        return torch.nan_to_num(out, nan=float("inf"))
+
+    def adapted_losses(self, support_x: torch.Tensor, support_y: torch.Tensor, x: torch.Tensor,
+                       y: torch.Tensor) -> torch.Tensor:
+        """Per-row cross-entropy of ``(x, y)`` under fast weights adapted from the meta-parameters
+        on ``support`` alone (the OSAKA / Continual-MAML challenger: "a task that began with
+        these records"); nothing is cached or learned."""
+        fast = self.params if len(support_y) == 0 or self.inner_cfg.steps == 0 else self._adapt(
+            self.params, (support_x, support_y), self.inner_cfg.steps)
+        with torch.no_grad():
+            out = F.cross_entropy(mlp_forward(self.model, fast, x), y, reduction="none")
+        return torch.nan_to_num(out, nan=float("inf"))
+
+    @torch.no_grad()
+    def prior_losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-row cross-entropy under the meta-parameters: what a new task starts from."""
+        return torch.nan_to_num(F.cross_entropy(mlp_forward(self.model, self.params, x), y, reduction="none"), nan=float("inf"))
+
     # -- learning -------------------------------------------------------------
     def learn(self, task: str, x: torch.Tensor, y: int) -> LearnReport:
         return self.learn_batch([task], x.unsqueeze(0), torch.tensor([y]))
@@ -243,6 +270,16 @@ class OnlineMetaLearner:
         for i in kept:
             self.memory.add(tasks[i], x[i], int(y[i]), self._rng)
         return report
+
+    def refile(self, src: str, dst: str, n: int) -> int:
+        """Moves ``src``'s newest ``n`` window records to ``dst``: a task boundary detected
+        ``n`` records late gives the new task the records that were its own. Nothing is
+        learned again; the two tasks' fast weights are re-adapted when next used."""
+        moved = self.episodes.move_newest(src, dst, n)
+        if moved:
+            self._fast.pop(src, None)
+            self._fast.pop(dst, None)
+        return moved
 
     @torch.no_grad()
     def _probe_predict(self, task: str, x: torch.Tensor) -> torch.Tensor:
