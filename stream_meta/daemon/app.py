@@ -13,7 +13,10 @@ from stream_meta.daemon.metrics import Metrics
 from stream_meta.model import num_parameters
 from stream_meta.daemon.service import Service, Sinks
 from stream_meta.daemon.stats import RunStats
+from stream_meta.daemon.labels import LabelDecoder
 from stream_meta.daemon.wire import BatchDecoder
+from stream_meta.learn.pending import PendingStore
+from stream_meta.learn.tasks import TaskRouter
 
 
 def config_fingerprint(cfg: RunConfig) -> dict:
@@ -95,4 +98,7 @@ def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:
         sinks=Sinks(dlq, predictions),
         metrics=metrics,
         store=store,
+        router=TaskRouter(cfg.task_mode),
+        pending=PendingStore(cfg.pending_capacity, cfg.label_ttl_records),
+        labels=LabelDecoder(cfg.num_classes),
     )

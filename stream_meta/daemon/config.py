@@ -78,6 +78,13 @@ class RunConfig(BaseModel):
     max_message_bytes: int = Field(1 << 20, ge=64, description="larger messages are rejected as too_large")
     poll_timeout_ms: int = Field(500, ge=1, description="how long one poll waits for records")
     max_poll_records: int = Field(500, ge=1, description="records fetched per poll at most")
+    task_mode: Literal["field", "detect", "auto"] = Field(
+        "auto", description="where a record's task comes from: field = its task field (absent: 'default'); "
+        "detect = found from the learner's own losses (auto-N), recurring tasks recognised; auto = the field "
+        "when present, detection otherwise")
+    pending_capacity: int = Field(100_000, ge=1, description="unlabelled records with an id kept for a late label")
+    label_ttl_records: int = Field(1_000_000, ge=1, description="records after which a pending record's label "
+                                   "is too late (label_expired)")
     learn_batch: int = Field(1, ge=1, le=4096, description="records predicted together, then learned together "
                              "(at most one meta-update per task per batch); 1 = one record at a time")
     max_batch_wait_ms: int = Field(50, ge=0, description="a learn batch still incomplete after this long is "

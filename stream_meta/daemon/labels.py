@@ -62,6 +62,12 @@ class LabelDecoder:
             return any(k.lower() in ("id", "y") for k, _ in headers)
         return len(value) <= self.max_bytes and b'"x"' not in value and value.lstrip()[:1] == b"{"
 
+    def is_label(self, value: bytes | None, headers: Headers = ()) -> bool:
+        """Shaped like a label and carrying an id (``{"y": 1}`` alone is a record missing ``x``)."""
+        if not self.looks_like_label(value, headers):
+            return False
+        return b'"id"' in value if value else any(k.lower() == "id" for k, _ in headers)
+
     def decode(self, value: bytes | None, headers: Headers = (), *, require: bool = False) -> Label | None:
         if not self.looks_like_label(value, headers):
             if require:

@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from connectors.base import SEND_FAILURE_REASONS
 from stream_meta import __version__
+from stream_meta.daemon.labels import LABEL_REASONS
 from stream_meta.daemon.records import REASONS
 from stream_meta.daemon.stats import POSITION_BUCKETS
 
@@ -131,8 +132,22 @@ class Metrics:
         self.records_rejected = Counter(
             "records_rejected", "Records rejected as invalid, by reason", ["reason"], namespace=NS, registry=r
         )
-        for reason in REASONS:
+        for reason in (*REASONS, *LABEL_REASONS):
             self.records_rejected.labels(reason)
+        # Task-free streams and late labels (stream_meta.learn.tasks / pending)
+        self.tasks_found = Counter(
+            "tasks_found", "Task boundaries found by detection: a new task, or one that came back", ["kind"],
+            namespace=NS, registry=r,
+        )
+        for kind in ("detected", "recurring"):
+            self.tasks_found.labels(kind)
+        self.label_delay = Histogram(
+            "label_delay_records", "Records between an unlabelled record and its late label", namespace=NS,
+            registry=r, buckets=(1, 10, 100, 1000, 10_000, 100_000, 1_000_000),
+        )
+        self.pending_records = Gauge(
+            "pending_records", "Unlabelled records with an id kept for their late label", namespace=NS, registry=r,
+        )
         self.predictions = Counter("predictions", "Predictions made (one per valid record)", namespace=NS, registry=r)
         self.records_per_second = Gauge(
             "records_per_second", "Records consumed per second over the last 10 s", namespace=NS, registry=r

@@ -29,7 +29,10 @@ from stream_meta.daemon.stats import RunStats
 from stream_meta.daemon.watch import ConnectionWatch, ProgressLine
 from stream_meta.daemon.wire import BatchDecoder
 from stream_meta.errors import CheckpointMismatchError, RecordError, StreamMetaError
+from stream_meta.daemon.labels import LabelDecoder
 from stream_meta.learn.learner import Learner, LearnReport
+from stream_meta.learn.pending import Joined, PendingStore
+from stream_meta.learn.tasks import TaskRouter
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +79,13 @@ class Service:
     sinks: Sinks
     metrics: Metrics
     store: CheckpointStore
+    router: TaskRouter = field(default_factory=lambda: TaskRouter("field"))
+    pending: PendingStore = field(default_factory=PendingStore)
+    labels: LabelDecoder | None = None
     offsets: Offsets = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.labels = self.labels or LabelDecoder(self.decoder.num_classes)
         self._stop = threading.Event()
         self._heartbeat = time.monotonic()
         self._ready = False
@@ -159,7 +166,8 @@ class Service:
             if self.source is not None:
                 self.source.close()
             self.sinks.close()
-        return self.stats.summary()
+        return {**self.stats.summary(), "task_boundaries": list(self.router.boundaries),
+                "tasks_detected": self.router.tasks_detected, "tasks_recurring": self.router.tasks_recurring}
 
     def process(self, records: list[RawRecord], arrived: list[float] | None = None) -> None:
         """One learn batch: every record is predicted before any is learned from. Bad input never escapes."""
@@ -173,33 +181,67 @@ class Service:
         self.metrics.records_consumed.inc(len(records))
         self._since_checkpoint += len(records)
         batch = self.decoder.decode([r.value for r in records], [r.headers for r in records])
+        late: list[Joined] = []  # earlier records whose labels this batch brought
         for i, exc in batch.rejected:
-            self._reject(records[i], exc)
-        if not len(batch):
-            return
+            joined = self._label(records[i], exc)
+            if joined is not None:
+                late.append(joined)
+        where = [(records[i].topic, records[i].partition, records[i].offset) for i in batch.index]
+        tasks = self.router.route(batch.tasks, where)  # the record's task, or the detected one
         x = torch.from_numpy(batch.x)
-        predictions = self.learner.predict_batch(batch.tasks, x).tolist()
+        predictions = self.learner.predict_batch(tasks, x).tolist() if len(batch) else []
         done = time.monotonic()
         self.metrics.inner_loop_seconds.observe(time.perf_counter() - started)
         self.stats.predictions_emitted += len(batch)
         self.metrics.predictions.inc(len(batch))
+        ys = batch.y.tolist()
         for row, i in enumerate(batch.index):
             self.metrics.prediction_latency.observe(done - arrived[i] if arrived is not None else 0.0)
             if self.sinks.predictions is not None:
-                self._emit_prediction(records[i], batch.tasks[row], batch.ids[row], predictions[row])
-        labelled = [row for row, y in enumerate(batch.y.tolist()) if y >= 0]
-        for row in labelled:
-            task, correct = batch.tasks[row], predictions[row] == int(batch.y[row])
+                self._emit_prediction(records[i], tasks[row], batch.ids[row], predictions[row])
+            if ys[row] < 0 and batch.ids[row] is not None:  # its label may come later
+                self.pending.add(batch.ids[row], x[row], tasks[row], predictions[row], self.stats.records_consumed,
+                                 topic=records[i].topic, partition=records[i].partition, offset=records[i].offset,
+                                 arrived_s=time.time())
+        # what to learn: this batch's labelled records, then the late labels it brought
+        rows = [row for row, y in enumerate(ys) if y >= 0]
+        learn_tasks = [tasks[r] for r in rows] + [j.record.task for j in late]
+        scored = [predictions[r] == ys[r] for r in rows] + [j.correct for j in late]
+        if not learn_tasks:
+            return
+        lx = torch.cat([x[rows], *(j.record.x.unsqueeze(0) for j in late)])
+        ly = torch.tensor([ys[r] for r in rows] + [j.y for j in late], dtype=torch.long)
+        lwhere = [where[r] for r in rows] + [(j.record.topic, j.record.partition, j.record.offset) for j in late]
+        for task, correct in zip(learn_tasks, scored):
             tasks_before = self.stats.tasks_seen
             self.stats.observe_prediction(task, correct)
             self.metrics.observe_prediction(task, correct, self.stats.tasks_seen > tasks_before)
-        if labelled:
-            learn_started = time.perf_counter()
-            report = self.learner.learn_batch([batch.tasks[r] for r in labelled], x[labelled],
-                                              torch.from_numpy(batch.y[labelled]))
-            self.metrics.observe_meta_updates(time.perf_counter() - learn_started, report.meta_updates)
-            self._count_learning(records[batch.index[labelled[-1]]], report, len(labelled))
+        learn_tasks, found = self.router.assign(self.learner, learn_tasks, lx, ly, lwhere)
+        for boundary in found:
+            self.metrics.tasks_found.labels(boundary.kind).inc()
+        learn_started = time.perf_counter()
+        report = self.learner.learn_batch(learn_tasks, lx, ly)
+        self.metrics.observe_meta_updates(time.perf_counter() - learn_started, report.meta_updates)
+        self._count_learning(records[-1], report, len(learn_tasks))
         self.metrics.step_seconds.observe(time.perf_counter() - started)
+
+    def _label(self, raw: RawRecord, exc: RecordError) -> Joined | None:
+        """A rejected message that is a label for an earlier record: joined to it, or dead-lettered
+        with a label reason. Anything else is dead-lettered with the record's reason."""
+        if not self.labels.is_label(raw.value, raw.headers):
+            self._reject(raw, exc)
+            return None
+        try:
+            label = self.labels.decode(raw.value, raw.headers)
+        except RecordError as bad:
+            self._reject(raw, bad)
+            return None
+        joined = self.pending.join(label.id, label.y, self.stats.records_consumed)
+        if isinstance(joined, str):
+            self._reject(raw, RecordError(joined, f"label for id {label.id!r}"))
+            return None
+        self.metrics.label_delay.observe(joined.delay_records)
+        return joined
 
     def _rewound(self, raw: RawRecord, expected: int) -> None:
         """The partition restarted below the checkpointed offset (e.g. the topic was
@@ -258,7 +300,8 @@ class Service:
         failures = self.sinks.flush()
         self.sink_failures.predictions([f for f in failures if f.topic != self.settings.dlq_topic])
         self.sink_failures.dead_letters([f for f in failures if f.topic == self.settings.dlq_topic])
-        state = {"learner": self.learner.state_dict(), "stats": self.stats.state_dict()}
+        state = {"learner": self.learner.state_dict(), "stats": self.stats.state_dict(),
+                 "router": self.router.state_dict(), "pending": self.pending.state_dict()}
         health = self.learner.health()
         info = {
             "records_consumed": self.stats.records_consumed,
@@ -309,6 +352,9 @@ class Service:
                 "run with the settings it was written with, another --checkpoint-dir, or --fresh"
             ) from None
         self.stats.load_state_dict(ckpt.state["stats"])
+        if "router" in ckpt.state:  # absent in checkpoints written before task-free routing
+            self.router.load_state_dict(ckpt.state["router"])
+            self.pending.load_state_dict(ckpt.state["pending"])
         self.offsets = dict(ckpt.offsets)
         if "created" in ckpt.manifest:
             self.metrics.mark_checkpoint(float(ckpt.manifest["created"]))
@@ -365,6 +411,7 @@ class Service:
             if n:
                 self.metrics.accuracy_by_position.labels(bucket).set(c / n)
         self.metrics.tasks_seen.set(self.stats.tasks_seen)
+        self.metrics.pending_records.set(len(self.pending))
         health = self.learner.health()
         for name, items, size in (("episodes", health.replay_episodes, health.replay_bytes),
                                   ("records", health.memory_records, health.memory_bytes)):
