@@ -207,23 +207,23 @@ class Service:
         rows = [row for row, y in enumerate(ys) if y >= 0]
         learn_tasks = [tasks[r] for r in rows] + [j.record.task for j in late]
         scored = [predictions[r] == ys[r] for r in rows] + [j.correct for j in late]
-        if not learn_tasks:
-            return
-        lx = torch.cat([x[rows], *(j.record.x.unsqueeze(0) for j in late)])
-        ly = torch.tensor([ys[r] for r in rows] + [j.y for j in late], dtype=torch.long)
-        lwhere = [where[r] for r in rows] + [(j.record.topic, j.record.partition, j.record.offset) for j in late]
-        for task, correct in zip(learn_tasks, scored):
-            tasks_before = self.stats.tasks_seen
-            self.stats.observe_prediction(task, correct)
-            self.metrics.observe_prediction(task, correct, self.stats.tasks_seen > tasks_before)
-        learn_tasks, found = self.router.assign(self.learner, learn_tasks, lx, ly, lwhere)
-        for boundary in found:
-            self.metrics.tasks_found.labels(boundary.kind).inc()
-        learn_started = time.perf_counter()
-        report = self.learner.learn_batch(learn_tasks, lx, ly)
-        self.metrics.observe_meta_updates(time.perf_counter() - learn_started, report.meta_updates)
-        self._count_learning(records[-1], report, len(learn_tasks))
-        self.metrics.step_seconds.observe(time.perf_counter() - started)
+        if learn_tasks:
+            lx = torch.cat([x[rows], *(j.record.x.unsqueeze(0) for j in late)])
+            ly = torch.tensor([ys[r] for r in rows] + [j.y for j in late], dtype=torch.long)
+            lwhere = [where[r] for r in rows] + [(j.record.topic, j.record.partition, j.record.offset) for j in late]
+            for task, correct in zip(learn_tasks, scored):
+                tasks_before = self.stats.tasks_seen
+                self.stats.observe_prediction(task, correct)
+                self.metrics.observe_prediction(task, correct, self.stats.tasks_seen > tasks_before)
+            learn_tasks, found = self.router.assign(self.learner, learn_tasks, lx, ly, lwhere)
+            for boundary in found:
+                self.metrics.tasks_found.labels(boundary.kind).inc()
+            learn_started = time.perf_counter()
+            report = self.learner.learn_batch(learn_tasks, lx, ly)
+            self.metrics.observe_meta_updates(time.perf_counter() - learn_started, report.meta_updates)
+            self._count_learning(records[-1], report, len(learn_tasks))
+        if len(batch) or learn_tasks:
+            self.metrics.step_seconds.observe(time.perf_counter() - started)
 
     def _label(self, raw: RawRecord, exc: RecordError) -> Joined | None:
         """A rejected message that is a label for an earlier record: joined to it, or dead-lettered
