@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -137,9 +137,7 @@ class GAILMeta(GradientMetaAlgorithm):
     Args:
         adversarial_weight: weight of the generator's adversarial term next to the query loss.
         generator_hidden: hidden units of the generator's residual map.
-        discriminator_hidden: hidden units of the discriminator.
         expert_steps: inner SGD steps of the gradient-adapted expert; ``None`` = the inner steps.
-        init_scale: the prototype classifier's initial scale ``s``.
         shared options: see :class:`~stream_meta.meta.algorithms.GradientMetaAlgorithm`
         (``loss`` must be ``"ce"``; ``rule`` and ``inner_loss`` are not taken).
     """
@@ -147,24 +145,23 @@ class GAILMeta(GradientMetaAlgorithm):
     name = "gail-meta"
     generates = True  # adaptation writes parameters even with zero inner steps
 
-    def __init__(self, *, adversarial_weight: float = 0.1, generator_hidden: int = 32, discriminator_hidden: int = 16,
-                 expert_steps: int | None = None, init_scale: float = 0.1, **kwargs: Any) -> None:
+    discriminator_hidden: ClassVar[int] = 16
+    init_scale: ClassVar[float] = 0.1  # the prototype classifier's initial scale s
+
+    def __init__(self, *, adversarial_weight: float = 0.1, generator_hidden: int = 32, expert_steps: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.loss != "ce" or self.rule is not None or self.inner_loss is not None:
             raise ValueError("gail-meta generates a classifier head: loss must be 'ce', with no rule or inner_loss")
         if not (math.isfinite(adversarial_weight) and adversarial_weight >= 0):
             raise ValueError(f"adversarial_weight must be finite and >= 0, got {adversarial_weight}")
-        if generator_hidden < 1 or discriminator_hidden < 1:
-            raise ValueError("generator_hidden and discriminator_hidden must be >= 1")
+        if generator_hidden < 1:
+            raise ValueError(f"generator_hidden must be >= 1, got {generator_hidden}")
         if expert_steps is not None and expert_steps < 0:
             raise ValueError(f"expert_steps must be >= 0, got {expert_steps}")
-        if not init_scale > 0:
-            raise ValueError(f"init_scale must be > 0, got {init_scale}")
         self.adversarial_weight = adversarial_weight
         self.generator_hidden = generator_hidden
-        self.discriminator_hidden = discriminator_hidden
         self.expert_steps = expert_steps
-        self.init_scale = init_scale
 
     def init_extra(self, params: Params) -> Params:
         """Generator and discriminator parameters (seeded: the same every time)."""
@@ -213,7 +210,7 @@ class GAILMeta(GradientMetaAlgorithm):
         wn, bn = head_names(model)
         feats = body(model, params, x)
         w, b = generate_head(extra, feats, y, params[wn].shape[0])
-        if steps and not create_graph:
+        if steps and not (create_graph and w.requires_grad):  # nothing to differentiate through: fresh leaves
             w, b = w.detach().requires_grad_(), b.detach().requires_grad_()
         w, b = refine_head(w, b, feats if create_graph else feats.detach(), y, steps, lr, create_graph)
         return {**params, wn: w, bn: b}
