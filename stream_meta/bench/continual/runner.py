@@ -44,6 +44,7 @@ LEARNERS: dict[str, dict] = {
     "reptile+er-tuned": dict(inner_cfg=_REPTILE, replay_cfg=_ER_TASK,
                              meta_cfg=MetaStepConfig(meta_lr=5e-3, replay_per_update=6)),
     "reptile+er+ewc": dict(inner_cfg=_REPTILE, replay_cfg=_ER_TASK, reg_cfg=RegularizerConfig("ewc", 1.0, 0.9)),
+    "gail-meta": dict(inner_cfg=InnerLoopConfig(algorithm="gail-meta")),  # RA: the expert's meta-parameters; RA-ad: generated heads
 }
 
 
