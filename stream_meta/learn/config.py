@@ -91,6 +91,7 @@ class InnerLoopConfig:
         _check(self.backend in BACKENDS, f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         _check(self.max_scale is None or self.max_scale > 0, f"max_scale must be > 0, got {self.max_scale}")
         _check(self.head is None or len(self.head) > 0, "head names at least one parameter")
+        _check(self.algorithm != "gail-meta" or self.loss == "ce", "gail-meta generates a classifier head: loss must be ce")
         for option, given in (("first_order", self.first_order), ("head", self.head), ("max_scale", self.max_scale),
                               *((o, getattr(self, o)) for o in ("adversarial_weight", "generator_hidden", "expert_steps"))):
             takers = ALGORITHM_OPTIONS[option]

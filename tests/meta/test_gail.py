@@ -140,6 +140,18 @@ def test_learner_reports_the_adversaries_losses_and_generates_with_zero_steps():
     assert any(k.startswith(GEN) for k in m.state_dict()["extra"])
 
 
+@pytest.mark.parametrize("bad, needle", [
+    (dict(algorithm="gail-meta", loss="mse"), "loss must be ce"),
+    (dict(algorithm="maml", adversarial_weight=0.5), "adversarial_weight applies to gail-meta"),
+    (dict(algorithm="fomaml", expert_steps=3), "expert_steps applies to gail-meta"),
+])
+def test_config_rejects_what_gail_meta_cannot_take(bad, needle):
+    with pytest.raises(ValueError, match=needle):
+        InnerLoopConfig(**bad)
+    with pytest.raises(ValueError, match="adversarial_weight must be finite"):
+        get_algorithm("gail-meta", adversarial_weight=float("nan"))
+
+
 @pytest.mark.slow
 def test_resumed_deterministic_file_run_equals_an_uninterrupted_one(tmp_path):
     from stream_meta.cli.checkpoint_inspect import describe_checkpoint
