@@ -29,7 +29,7 @@ ENV_PREFIX = "STREAM_META_"
 
 # The values ``algorithm`` accepts, spelled out so loading a config needs no torch; a test
 # checks this list against the learners that exist (stream_meta.learn.learner.learner_names).
-ALGORITHM_CHOICES = ("maml", "fomaml", "reptile", "metasgd", "lamaml", "anil", "sgd")
+ALGORITHM_CHOICES = ("maml", "fomaml", "reptile", "metasgd", "lamaml", "anil", "gail-meta", "sgd")
 # Learner defaults are the default preset's settings (stream_meta.learn.presets, chosen by `bench defaults`).
 _D = preset_settings(DEFAULT_PRESET)
 
@@ -132,6 +132,12 @@ class RunConfig(BaseModel):
     max_scale: float | None = Field(None, gt=0, description="metasgd, lamaml only: upper bound of the learned "
                                     "step-size multipliers; None = the algorithm's own (10)")
     max_inner_lr: float = Field(10.0, gt=0, description="largest inner step size the algorithm accepts (a guard)")
+    adversarial_weight: float | None = Field(None, ge=0, le=100, description="gail-meta only: weight of the "
+                                             "generator's adversarial term next to the query loss; None = 0.1")
+    generator_hidden: int | None = Field(None, ge=1, le=4096, description="gail-meta only: hidden units of the "
+                                         "head generator; None = 32")
+    expert_steps: int | None = Field(None, ge=0, le=50, description="gail-meta only: inner steps of the "
+                                     "gradient-adapted expert the discriminator compares with; None = inner_steps")
     backend: Literal[BACKENDS] = Field("auto", description="meta-gradient engine, one of auto (the fastest "  # type: ignore[valid-type]
                                        "that applies, else the torch.func reference), reference, fast")
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the meta-gradient's global norm to this "
@@ -231,6 +237,8 @@ class RunConfig(BaseModel):
         return InnerLoopConfig(
             algorithm=self.algorithm, steps=self.inner_steps, lr=self.inner_lr, loss=self.loss,
             first_order=self.first_order, head=self.head, max_scale=self.max_scale,
+            adversarial_weight=self.adversarial_weight, generator_hidden=self.generator_hidden,
+            expert_steps=self.expert_steps,
             max_inner_lr=self.max_inner_lr, backend=self.backend,
         )
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-META_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "lamaml", "anil")
+META_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "lamaml", "anil", "gail-meta")
 LOSSES = ("ce", "mse")
 BACKENDS = ("auto", "reference", "fast")
 MEMORY_POLICIES = ("reservoir", "task", "class")
@@ -30,6 +30,9 @@ ALGORITHM_OPTIONS: dict[str, tuple[str, ...]] = {
     "first_order": ("anil", "lamaml", "metasgd"),
     "head": ("anil",),
     "max_scale": ("lamaml", "metasgd"),
+    "adversarial_weight": ("gail-meta",),
+    "generator_hidden": ("gail-meta",),
+    "expert_steps": ("gail-meta",),
 }
 
 
@@ -73,6 +76,9 @@ class InnerLoopConfig:
     max_scale: float | None = None
     max_inner_lr: float = 10.0
     backend: str = "auto"
+    adversarial_weight: float | None = None  # gail-meta: weight of the adversarial term (None = 0.1)
+    generator_hidden: int | None = None  # gail-meta: generator hidden units (None = 32)
+    expert_steps: int | None = None  # gail-meta: inner steps of the gradient-adapted expert (None = steps)
 
     def __post_init__(self) -> None:
         if self.head is not None:
@@ -85,7 +91,9 @@ class InnerLoopConfig:
         _check(self.backend in BACKENDS, f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         _check(self.max_scale is None or self.max_scale > 0, f"max_scale must be > 0, got {self.max_scale}")
         _check(self.head is None or len(self.head) > 0, "head names at least one parameter")
-        for option, given in (("first_order", self.first_order), ("head", self.head), ("max_scale", self.max_scale)):
+        _check(self.algorithm != "gail-meta" or self.loss == "ce", "gail-meta generates a classifier head: loss must be ce")
+        for option, given in (("first_order", self.first_order), ("head", self.head), ("max_scale", self.max_scale),
+                              *((o, getattr(self, o)) for o in ("adversarial_weight", "generator_hidden", "expert_steps"))):
             takers = ALGORITHM_OPTIONS[option]
             hint = " (first-order MAML is fomaml)" if option == "first_order" and self.algorithm == "maml" else ""
             _check(given in (None, False) or self.algorithm in takers,

@@ -69,6 +69,7 @@ class LearnerHealth:
     memory_bytes: int
     retained_accuracy: float | None
     forgetting: float | None
+    learner_stats: dict[str, float] = field(default_factory=dict)  # the algorithm's own gauges (e.g. gail_*_loss)
 
 
 class Learner(Protocol):
@@ -116,6 +117,9 @@ class OnlineMetaLearner:
         self.params: Params = {k: v.requires_grad_() for k, v in init_params(self.model, self._rng).items()}
         self.alg = build_algorithm(inner_cfg, meta_cfg)
         self.alg.adapted_names(self.model, self.params)  # an ANIL head naming no parameter fails here, not mid-stream
+        # A generating algorithm (gail-meta) writes fast weights even with zero inner steps.
+        self._adapts = inner_cfg.steps > 0 or getattr(self.alg, "generates", False)
+        self.learner_stats: dict[str, float] = {}
         self.extra: Params = {k: v.detach().clone().requires_grad_() for k, v in self.alg.init_extra(self.params).items()}
         self.optimizer = torch.optim.Adam([*self.params.values(), *self.extra.values()], lr=meta_cfg.meta_lr)
         self.episodes = EpisodeBuilder(meta_cfg.support_size, meta_cfg.query_size, meta_cfg.episode_stride, meta_cfg.max_tasks)
@@ -146,7 +150,7 @@ class OnlineMetaLearner:
             self._fast.move_to_end(task)
             return fast
         window = self.episodes.window(task)
-        if window is None or self.inner_cfg.steps == 0:
+        if window is None or not self._adapts:
             return self.params
         fast = self._adapt(self.params, window, self.inner_cfg.steps)
         self._fast[task] = fast
@@ -260,13 +264,15 @@ class OnlineMetaLearner:
             self._meta_update(episodes, report)
             for episode in episodes:
                 self.replay.add(episode, self._rng)
-        if self.inner_cfg.steps > 0:
+        if self._adapts:
             # One more inner step on the grown window keeps the cached fast weights
             # current at a fraction of re-adapting from the meta-parameters.
             for task in dict.fromkeys(tasks[i] for i in kept):
                 fast = self._fast.get(task)
                 if fast is not None:
-                    self._fast[task] = self._adapt(fast, self.episodes.window(task), 1)
+                    self._fast[task] = (self._adapt(self.params, self.episodes.window(task), self.inner_cfg.steps)
+                                        if getattr(self.alg, "generates", False)  # regenerating is the cheap refresh
+                                        else self._adapt(fast, self.episodes.window(task), 1))
         for i in kept:
             self.memory.add(tasks[i], x[i], int(y[i]), self._rng)
         return report
@@ -287,7 +293,7 @@ class OnlineMetaLearner:
         # without touching the fast-weight cache.
         window = self.episodes.window(task)
         steps = self.inner_cfg.steps
-        fast = self.params if window is None or steps == 0 else self._adapt(self.params, window, steps)
+        fast = self.params if window is None or not self._adapts else self._adapt(self.params, window, steps)
         return mlp_forward(self.model, fast, x).argmax(1)
 
     def _task_boundary(self, finished: str) -> None:
@@ -321,6 +327,7 @@ class OnlineMetaLearner:
                           steps=self.inner_cfg.steps, lr=self.inner_cfg.lr,
                           adjust=penalise if self.reg is not None else None)
         report.stats = stats
+        self.learner_stats.update(stats.get("learner_stats", {}))
         if stats["nonfinite"]:  # the algorithm checked losses and gradients; nothing was updated
             self.nonfinite_skips += 1
             report.nonfinite_skips += 1
@@ -344,6 +351,7 @@ class OnlineMetaLearner:
             memory_bytes=self.memory.nbytes(),
             retained_accuracy=self.retained_accuracy,
             forgetting=self.forgetting,
+            learner_stats=dict(self.learner_stats),
         )
 
     def state_dict(self) -> dict:
@@ -358,6 +366,7 @@ class OnlineMetaLearner:
             "rng": self._rng.get_state(),
             "meta_updates": self.meta_updates,
             "nonfinite_skips": self.nonfinite_skips,
+            "learner_stats": dict(self.learner_stats),
             "memory": self.memory.state_dict(),
             "regularizer": None if self.reg is None else self.reg.state_dict(),
             "last_task": self._last_task,
@@ -379,6 +388,7 @@ class OnlineMetaLearner:
         self._rng.set_state(state["rng"])
         self.meta_updates = int(state["meta_updates"])
         self.nonfinite_skips = int(state["nonfinite_skips"])
+        self.learner_stats = dict(state.get("learner_stats", {}))
         self._fast = OrderedDict((e["task"], e["params"]) for e in state["fast"])
         if "memory" in state:  # checkpoints written before record replay existed lack these
             self.memory.load_state_dict(state["memory"])

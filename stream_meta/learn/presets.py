@@ -61,6 +61,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Meta-SGD learns a step size per parameter: the fastest few-shot adapter.
     "metasgd": {"algorithm": "metasgd"},
     "metasgd+er": {"algorithm": "metasgd", **_ER_TASK},
+    # The seed's learners (README, "The seed's learners").
+    "gail-meta": {"algorithm": "gail-meta"},
 }
 
 # Chosen by `stream-meta bench defaults` (README, "Choosing the default learner").

@@ -26,16 +26,20 @@ from stream_meta.meta.algorithms import (
 )
 from stream_meta.meta.api import meta_step
 from stream_meta.meta.engines import BACKENDS
+from stream_meta.meta.gail import GAILMeta
 from stream_meta.meta.losses import LOSSES, InnerLoss
 from stream_meta.meta.reference import loss
 from stream_meta.meta.rules import SGD, LearnedStepSizes, UpdateRule
 from stream_meta.meta.spec import Episode, InnerLoop
+
+ALGORITHMS[GAILMeta.name] = GAILMeta  # registered here: gail builds on algorithms, so it cannot be listed there
 
 __all__ = [
     "ALGORITHMS",
     "ANIL",
     "BACKENDS",
     "FOMAML",
+    "GAILMeta",
     "LOSSES",
     "MAML",
     "Episode",

@@ -35,11 +35,13 @@ def test_algorithm_options_table_matches_the_constructors():
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_every_option_an_algorithm_takes_reaches_it(name):
-    own = {opt: value for opt, value in (("first_order", True), ("head", ("2.weight",)), ("max_scale", 2.0))
+    own = {opt: value for opt, value in (("first_order", True), ("head", ("2.weight",)), ("max_scale", 2.0),
+                                         ("adversarial_weight", 0.3), ("generator_hidden", 7), ("expert_steps", 2))
            if name in groups.ALGORITHM_OPTIONS[opt]}
-    inner = InnerLoopConfig(algorithm=name, loss="mse", max_inner_lr=3.0, backend="reference", **own)
+    loss = "ce" if name == "gail-meta" else "mse"  # gail-meta generates a classifier
+    inner = InnerLoopConfig(algorithm=name, loss=loss, max_inner_lr=3.0, backend="reference", **own)
     alg = build_algorithm(inner, MetaStepConfig(clip_grad_norm=0.25))
-    assert (alg.name, alg.loss, alg.max_inner_lr, alg.backend, alg.clip_grad_norm) == (name, "mse", 3.0, "reference", 0.25)
+    assert (alg.name, alg.loss, alg.max_inner_lr, alg.backend, alg.clip_grad_norm) == (name, loss, 3.0, "reference", 0.25)
     for opt, value in own.items():
         assert getattr(alg, opt) == value
 

@@ -26,8 +26,8 @@ def leaves(d):
 @pytest.mark.parametrize("kind", ["mse", "ce"])
 @pytest.mark.parametrize("ragged", [False, True], ids=["equal", "ragged"])
 def test_nonfinite_returns_finite_zeros_and_flag(relu_mlp, name, poison, kind, ragged):
-    if kind == "ce" and poison == "query_y":
-        return  # class indices cannot hold NaN
+    if kind == "ce" and poison == "query_y" or kind == "mse" and name == "gail-meta":
+        return  # class indices cannot hold NaN; gail-meta generates a classifier (CE only)
     theta = float64_params(relu_mlp)
     eps = random_episodes(3, in_dim=5, classes=3, regression=kind == "mse")
     if ragged:  # the fast path's padded call, as in the daemon
