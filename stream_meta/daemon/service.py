@@ -26,6 +26,7 @@ from stream_meta.daemon.config import ServiceSettings
 from stream_meta.daemon.deadletters import SinkFailures, dead_letter
 from stream_meta.daemon.metrics import Metrics
 from stream_meta.daemon.stats import RunStats
+from stream_meta.daemon.sync import NoSync, Sync
 from stream_meta.daemon.watch import ConnectionWatch, ProgressLine
 from stream_meta.daemon.wire import BatchDecoder
 from stream_meta.errors import CheckpointMismatchError, RecordError, StreamMetaError
@@ -76,6 +77,7 @@ class Service:
     sinks: Sinks
     metrics: Metrics
     store: CheckpointStore
+    sync: Sync | NoSync = field(default_factory=NoSync)  # scale-out averaging (daemon/sync.py)
     offsets: Offsets = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -134,6 +136,7 @@ class Service:
                     if self._stop.is_set() or self._limit_reached():
                         break
                     self.process(records[:self._room()], arrived)
+                self.sync.after_learn(self.learner.meta_updates)
                 if polled or at_end:
                     self.stats.elapsed_seconds += time.perf_counter() - busy_from
                 self._update_gauges()
@@ -147,6 +150,7 @@ class Service:
                     self.request_stop("backlog consumed (--stop-at-end)")
                 elif self._idle_too_long(polled):
                     self.request_stop(f"no records for {self.settings.idle_timeout_s}s")
+            self.sync.finish()
             self.checkpoint()
             if self.settings.progress:
                 self.progress.show(self.stats, final=True)
@@ -155,6 +159,7 @@ class Service:
             if self.source is not None:
                 self.source.close()
             self.sinks.close()
+            self.sync.close()
         return self.stats.summary()
 
     def process(self, records: list[RawRecord], arrived: list[float] | None = None) -> None:
@@ -263,6 +268,7 @@ class Service:
             "meta_updates": self.stats.meta_updates,
             "replay_episodes": health.replay_episodes,
             "memory_records": health.memory_records,
+            **self.sync.info(),
         }
         manifest = self.store.save(state, self.offsets, info)
         if commit and self.source is not None and self.offsets:
@@ -306,6 +312,7 @@ class Service:
             ) from None
         self.stats.load_state_dict(ckpt.state["stats"])
         self.offsets = dict(ckpt.offsets)
+        self.sync.restore(ckpt.manifest)
         if "created" in ckpt.manifest:
             self.metrics.mark_checkpoint(float(ckpt.manifest["created"]))
         log.info(

@@ -1,0 +1,134 @@
+"""Scale-out: two file-source daemons (real processes, gloo over loopback) learn one model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stream_meta.data.datasets import stream
+from stream_meta.daemon.records import encode
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _split_by_task(directory: Path, n: int, members: int = 2) -> list[tuple[Path, int]]:
+    """Non-IID: member i gets the tasks whose index is i modulo ``members`` (as keyed partitions would)."""
+    paths = [directory / f"member-{i}.jsonl" for i in range(members)]
+    counts = [0] * members
+    files = [p.open("wb") for p in paths]
+    tasks: dict[str, int] = {}
+    for rec in stream("digits-rotations", limit=n):
+        i = tasks.setdefault(rec["task"], len(tasks)) % members
+        files[i].write(encode(rec["x"], rec["y"], rec["task"], rec["id"]) + b"\n")
+        counts[i] += 1
+    for f in files:
+        f.close()
+    return list(zip(paths, counts))
+
+
+def _member(rank: int, port: int, src: Path, ckpt: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "stream_meta.cli", "run", "--input-file", str(src), "--checkpoint-dir", str(ckpt),
+           "--input-dim", "64", "--num-classes", "10", "--deterministic", "--summary-json", str(ckpt / "summary.json"),
+           "--checkpoint-every-records", "50", "--sync-every", "5", "--sync-timeout-s", "10", "--metrics-port", "0", *extra]
+    ckpt.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _STARTED.append(proc)
+    return proc
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_members():
+    """A failed test leaves no member running (only the processes this test started)."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _inspect(ckpt: Path) -> dict:
+    out = subprocess.run([sys.executable, "-m", "stream_meta.cli", "checkpoint", "inspect", str(ckpt), "--json"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def test_two_members_end_with_equal_meta_parameters_and_learn_every_record_once(tmp_path):
+    (a_src, a_n), (b_src, b_n) = _split_by_task(tmp_path, 600)
+    port = _free_port()
+    procs = [_member(0, port, a_src, tmp_path / "a", "--stop-at-end"),
+             _member(1, port, b_src, tmp_path / "b", "--stop-at-end")]
+    logs = [_finish(p) for p in procs]
+    a, b = _inspect(tmp_path / "a"), _inspect(tmp_path / "b")
+    assert a["meta_parameters_sha256"] == b["meta_parameters_sha256"], logs
+    assert a["sync_round"] == b["sync_round"] and a["sync_round"] > 1
+    assert a["records_learned"] == a_n and b["records_learned"] == b_n  # each record once, none twice
+    assert a_n > 0 and b_n > 0
+
+
+def test_a_killed_member_does_not_stall_the_other_and_rejoins_after_restart(tmp_path):
+    (a_src, a_n), (b_src, b_n) = _split_by_task(tmp_path, 900)
+    port = _free_port()
+    # The survivor follows its file (no --stop-at-end) so it is still running when the victim comes back.
+    survivor = _member(0, port, a_src, tmp_path / "a", "--idle-timeout-s", "40", "--sync-every-s", "1")
+    victim = _member(1, port, b_src, tmp_path / "b", "--max-records", "150")
+    assert victim.wait(timeout=240) == 0  # stopped at 150 records; ...
+    # ... now restart it as a process we kill -9 mid-stream.
+    victim = _member(1, port, b_src, tmp_path / "b")
+    _wait_for(lambda: (_inspect_or_none(tmp_path / "b") or {}).get("records_consumed", 0) >= 300, 240)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    learned_at_kill = _learned(tmp_path / "a")
+    # The survivor keeps learning alone: its checkpoints keep advancing after the member died.
+    _wait_for(lambda: _learned(tmp_path / "a") > learned_at_kill or _learned(tmp_path / "a") == a_n, 240)
+    restarted = _member(1, port, b_src, tmp_path / "b", "--stop-at-end")
+    _finish(restarted)
+    out = _finish(survivor)
+    a, b = _inspect(tmp_path / "a"), _inspect(tmp_path / "b")
+    assert "sync all-reduce failed" in out or "sync rendezvous failed" in out  # the death was noticed, logged
+    assert a["records_learned"] == a_n and b["records_learned"] == b_n  # exactly once, across the kill
+    assert a["meta_parameters_sha256"] == b["meta_parameters_sha256"]  # rejoined and synced at the end
+    assert b["sync_round"] > 1
+
+
+def _inspect_or_none(ckpt: Path) -> dict | None:
+    try:
+        return _inspect(ckpt)
+    except subprocess.CalledProcessError:
+        return None
+
+
+def _learned(ckpt: Path) -> int:
+    return (_inspect_or_none(ckpt) or {}).get("records_learned", 0)
+
+
+def _wait_for(cond, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.5)
