@@ -150,7 +150,7 @@ class Service:
                     self.request_stop("backlog consumed (--stop-at-end)")
                 elif self._idle_too_long(polled):
                     self.request_stop(f"no records for {self.settings.idle_timeout_s}s")
-            self.sync.finish()
+            self.sync.finish(wait_for_all=self.settings.stop_at_end and self.source.backlog_done())
             self.checkpoint()
             if self.settings.progress:
                 self.progress.show(self.stats, final=True)

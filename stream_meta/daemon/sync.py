@@ -93,7 +93,7 @@ class NoSync:
     def after_learn(self, meta_updates: int) -> None:
         """Nothing to average."""
 
-    def finish(self) -> None:
+    def finish(self, wait_for_all: bool = False) -> None:
         """Nothing to align."""
 
     def info(self) -> dict:
@@ -148,14 +148,20 @@ class Sync:
             return
         self._round(done=False)
 
-    def finish(self) -> None:
-        """At a clean stop: keep taking part in rounds until every member is done, so all
-        members end with the same meta-parameters (a member that is gone ends it early)."""
-        if self._pg is None and not self._form(self.settings.timeout_s):
+    def finish(self, wait_for_all: bool = False) -> None:
+        """At a clean stop, hand the group this member's last updates.
+
+        ``wait_for_all`` (the backlog is consumed, ``--stop-at-end``): keep taking part in
+        rounds until every member is done, so all end with the same meta-parameters (a member
+        that dies ends it early). Otherwise (signal, ``--max-records``, idle): one round that
+        says this member is leaving, so the others drop the group without counting a failure.
+        """
+        if self._pg is None and not (wait_for_all and self._form(self.settings.timeout_s)):
             return
         while self._pg is not None:
-            header = self._round(done=True)
-            if header is None or header[1] >= header[2]:
+            header = self._round(done=True, leaving=not wait_for_all)
+            if header is None or header[1] >= header[2] or not wait_for_all:
+                self._pg = None
                 return
 
     def info(self) -> dict:
@@ -174,11 +180,12 @@ class Sync:
         self._store = None
 
     # -- one round ------------------------------------------------------------
-    def _round(self, done: bool) -> torch.Tensor | None:
+    def _round(self, done: bool, leaving: bool = False) -> torch.Tensor | None:
+        """One averaging round; the summed header (weights, done, members, has-regulariser, leaving)."""
         started = time.perf_counter()
         shared = self.learner.shared_tensors()
         has_reg = any(k.startswith("regularizer/") for k in shared)
-        header = torch.tensor([1.0 if self._learned else 0.0, 1.0 if done else 0.0, 1.0, 1.0 if has_reg else 0.0],
+        header = torch.tensor([1.0 if self._learned else 0.0, float(done), 1.0, float(has_reg), float(leaving)],
                               dtype=torch.float64)
         try:
             self._all_reduce(header)
@@ -209,6 +216,11 @@ class Sync:
         self.metrics.members.set(members)
         self.metrics.bytes.set(body.numel() * body.element_size() + header.numel() * header.element_size())
         self.metrics.seconds.observe(time.perf_counter() - started)
+        if header[4] > 0 and not leaving:
+            # A member stopped cleanly: the group is re-formed when it (or a replacement) is back.
+            log.info("a member left the group after round %d; learning alone until it re-forms", self.rounds)
+            self._pg = None
+            self.metrics.members.set(0)
         return header
 
     def _all_reduce(self, tensor: torch.Tensor) -> None:

@@ -25,14 +25,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _split_by_task(directory: Path, n: int, members: int = 2) -> list[tuple[Path, int]]:
-    """Non-IID: member i gets the tasks whose index is i modulo ``members`` (as keyed partitions would)."""
+def _split_by_task(directory: Path, n: int, members: int = 2, owner=None) -> list[tuple[Path, int]]:
+    """Non-IID: member ``owner(task index)`` (default: index modulo ``members``) gets the task's
+    records, as partitions keyed by task would."""
+    owner = owner or (lambda i: i % members)
     paths = [directory / f"member-{i}.jsonl" for i in range(members)]
     counts = [0] * members
     files = [p.open("wb") for p in paths]
     tasks: dict[str, int] = {}
     for rec in stream("digits-rotations", limit=n):
-        i = tasks.setdefault(rec["task"], len(tasks)) % members
+        i = owner(tasks.setdefault(rec["task"], len(tasks)))
         files[i].write(encode(rec["x"], rec["y"], rec["task"], rec["id"]) + b"\n")
         counts[i] += 1
     for f in files:
@@ -92,15 +94,15 @@ def test_two_members_end_with_equal_meta_parameters_and_learn_every_record_once(
 
 
 def test_a_killed_member_does_not_stall_the_other_and_rejoins_after_restart(tmp_path):
-    (a_src, a_n), (b_src, b_n) = _split_by_task(tmp_path, 900)
+    # The survivor has the longer stream (7 tasks to 3), so it is still learning when the victim is back.
+    (a_src, a_n), (b_src, b_n) = _split_by_task(tmp_path, 1500, owner=lambda i: 1 if i in (1, 3, 5) else 0)
     port = _free_port()
-    # The survivor follows its file (no --stop-at-end) so it is still running when the victim comes back.
-    survivor = _member(0, port, a_src, tmp_path / "a", "--idle-timeout-s", "40", "--sync-every-s", "1")
+    survivor = _member(0, port, a_src, tmp_path / "a", "--stop-at-end")
     victim = _member(1, port, b_src, tmp_path / "b", "--max-records", "150")
-    assert victim.wait(timeout=240) == 0  # stopped at 150 records; ...
+    assert victim.wait(timeout=240) == 0  # stopped cleanly at 150 records (it left the group); ...
     # ... now restart it as a process we kill -9 mid-stream.
     victim = _member(1, port, b_src, tmp_path / "b")
-    _wait_for(lambda: (_inspect_or_none(tmp_path / "b") or {}).get("records_consumed", 0) >= 300, 240)
+    _wait_for(lambda: (_inspect_or_none(tmp_path / "b") or {}).get("records_consumed", 0) >= 250, 240)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     learned_at_kill = _learned(tmp_path / "a")
@@ -110,7 +112,8 @@ def test_a_killed_member_does_not_stall_the_other_and_rejoins_after_restart(tmp_
     _finish(restarted)
     out = _finish(survivor)
     a, b = _inspect(tmp_path / "a"), _inspect(tmp_path / "b")
-    assert "sync all-reduce failed" in out or "sync rendezvous failed" in out  # the death was noticed, logged
+    assert "sync all-reduce failed" in out  # the death was noticed and logged
+    assert "a member left the group" in out  # the clean stop was not a failure
     assert a["records_learned"] == a_n and b["records_learned"] == b_n  # exactly once, across the kill
     assert a["meta_parameters_sha256"] == b["meta_parameters_sha256"]  # rejoined and synced at the end
     assert b["sync_round"] > 1
