@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout-s", type=float, default=5.0)
 
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
-    bench.add_argument("name", choices=["meta-step", "engine", "fewshot", "cl", "decode"], help="which benchmark")
+    bench.add_argument("name", choices=["meta-step", "engine", "fewshot", "cl", "decode", "scaleout"], help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (try: bench NAME --help)")
     return p
 
@@ -111,6 +111,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from stream_meta.bench.cl import main as bench_main
     elif args.name == "decode":
         from stream_meta.bench.decode import main as bench_main
+    elif args.name == "scaleout":
+        from stream_meta.bench.scaleout import main as bench_main
     else:
         from stream_meta.bench.engine import main as bench_main
     return bench_main(rest)
