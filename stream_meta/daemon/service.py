@@ -136,7 +136,7 @@ class Service:
                     if self._stop.is_set() or self._limit_reached():
                         break
                     self.process(records[:self._room()], arrived)
-                self.sync.after_learn(self.learner.meta_updates)
+                self.sync.after_learn(self.learner.meta_updates)  # also idle: time-based rounds (--sync-every-s)
                 if polled or at_end:
                     self.stats.elapsed_seconds += time.perf_counter() - busy_from
                 self._update_gauges()
@@ -200,6 +200,7 @@ class Service:
                                               torch.from_numpy(batch.y[labelled]))
             self.metrics.observe_meta_updates(time.perf_counter() - learn_started, report.meta_updates)
             self._count_learning(records[batch.index[labelled[-1]]], report, len(labelled))
+            self.sync.after_learn(self.learner.meta_updates)  # averages with the group when due
         self.metrics.step_seconds.observe(time.perf_counter() - started)
 
     def _rewound(self, raw: RawRecord, expected: int) -> None:
