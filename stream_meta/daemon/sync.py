@@ -159,7 +159,9 @@ class Sync:
         if self._pg is None and not (wait_for_all and self._form(self.settings.timeout_s)):
             return
         while self._pg is not None:
-            header = self._round(done=True, leaving=not wait_for_all)
+            # A leaving member waits little for the others' next round: a stop has its own deadline.
+            header = self._round(done=True, leaving=not wait_for_all,
+                                 wait_s=self.settings.timeout_s if wait_for_all else min(self.settings.timeout_s, 5.0))
             if header is None or header[1] >= header[2] or not wait_for_all:
                 self._pg = None
                 return
@@ -180,7 +182,7 @@ class Sync:
         self._store = None
 
     # -- one round ------------------------------------------------------------
-    def _round(self, done: bool, leaving: bool = False) -> torch.Tensor | None:
+    def _round(self, done: bool, leaving: bool = False, wait_s: float | None = None) -> torch.Tensor | None:
         """One averaging round; the summed header (weights, done, members, has-regulariser, leaving)."""
         started = time.perf_counter()
         shared = self.learner.shared_tensors()
@@ -188,14 +190,14 @@ class Sync:
         header = torch.tensor([1.0 if self._learned else 0.0, float(done), 1.0, float(has_reg), float(leaving)],
                               dtype=torch.float64)
         try:
-            self._all_reduce(header)
+            self._all_reduce(header, wait_s)
             weight_sum, members = float(header[0]), int(header[2])
             # Regulariser state is averaged only once every member has one (same layout everywhere).
             names = sorted(k for k in shared if int(header[3]) == members or not k.startswith("regularizer/"))
             mine = 1.0 if weight_sum == 0 else (1.0 if self._learned else 0.0)
             flat = torch.cat([shared[k].reshape(-1).to(torch.float64) for k in names])
             body = flat * mine
-            self._all_reduce(body)
+            self._all_reduce(body, wait_s)
         except (RuntimeError, dist.DistError) as exc:  # timeouts and lost peers both surface as these
             self._fail("all-reduce", exc)
             return None
@@ -223,10 +225,11 @@ class Sync:
             self.metrics.members.set(0)
         return header
 
-    def _all_reduce(self, tensor: torch.Tensor) -> None:
+    def _all_reduce(self, tensor: torch.Tensor, wait_s: float | None = None) -> None:
+        wait_s = self.settings.timeout_s if wait_s is None else wait_s
         work = self._pg.allreduce([tensor])
-        if not work.wait(self._timeout):
-            raise RuntimeError(f"all-reduce did not finish within {self.settings.timeout_s}s")
+        if not work.wait(timedelta(seconds=wait_s)):
+            raise RuntimeError(f"all-reduce did not finish within {wait_s}s")
 
     def _fail(self, stage: str, exc: BaseException) -> None:
         self.failures += 1
