@@ -260,9 +260,20 @@ class Sync:
                     s.master_addr, s.master_port, s.world_size, is_master=False,
                     timeout=timedelta(seconds=wait_s), wait_for_workers=False)
             store = self._store
-            generation = int(store.add("generation", 0))
-            arrived = store.add(f"arrived/{generation}", 1)
             deadline = time.monotonic() + wait_s
+            while True:
+                generation = int(store.add("generation", 0))
+                arrived = store.add(f"arrived/{generation}", 1)
+                if arrived <= s.world_size:
+                    break
+                # This generation already formed a group (or is being retired): move past it.
+                store.compare_set("generation", str(generation), str(generation + 1))
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no open generation within {wait_s:.1f}s")
+            if arrived == s.world_size:
+                # The last to arrive closes the generation: the next rendezvous starts a fresh one,
+                # so a group's store keys (its prefix) are never reused.
+                store.compare_set("generation", str(generation), str(generation + 1))
             while arrived < s.world_size:
                 if time.monotonic() > deadline:
                     # Retire this generation so a later try starts with a clean count.
