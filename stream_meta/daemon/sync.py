@@ -156,13 +156,21 @@ class Sync:
         that dies ends it early). Otherwise (signal, ``--max-records``, idle): one round that
         says this member is leaving, so the others drop the group without counting a failure.
         """
-        if self._pg is None and not (wait_for_all and self._form(self.settings.timeout_s)):
+        if not wait_for_all:
+            if self._pg is not None:
+                # A leaving member waits little for the others' next round: a stop has its own deadline.
+                self._round(done=True, leaving=True, wait_s=min(self.settings.timeout_s, 5.0))
+            self._pg = None
             return
-        while self._pg is not None:
-            # A leaving member waits little for the others' next round: a stop has its own deadline.
-            header = self._round(done=True, leaving=not wait_for_all,
-                                 wait_s=self.settings.timeout_s if wait_for_all else min(self.settings.timeout_s, 5.0))
-            if header is None or header[1] >= header[2] or not wait_for_all:
+        tries = 3  # a member that died may be restarting: wait for it a few timeouts, not forever
+        while tries > 0:
+            if self._pg is None and not self._form(self.settings.timeout_s):
+                tries -= 1
+                continue
+            header = self._round(done=True)
+            if header is None:
+                tries -= 1
+            elif header[1] >= header[2]:
                 self._pg = None
                 return
 

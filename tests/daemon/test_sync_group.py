@@ -25,18 +25,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _split_by_task(directory: Path, n: int, members: int = 2, owner=None) -> list[tuple[Path, int]]:
+def _split_by_task(directory: Path, n: int, members: int = 2, owner=None, repeat=(1, 1)) -> list[tuple[Path, int]]:
     """Non-IID: member ``owner(task index)`` (default: index modulo ``members``) gets the task's
-    records, as partitions keyed by task would."""
+    records, as partitions keyed by task would; member i's file holds its stream ``repeat[i]`` times."""
     owner = owner or (lambda i: i % members)
     paths = [directory / f"member-{i}.jsonl" for i in range(members)]
     counts = [0] * members
     files = [p.open("wb") for p in paths]
     tasks: dict[str, int] = {}
-    for rec in stream("digits-rotations", limit=n):
-        i = owner(tasks.setdefault(rec["task"], len(tasks)))
-        files[i].write(encode(rec["x"], rec["y"], rec["task"], rec["id"]) + b"\n")
-        counts[i] += 1
+    for _ in range(max(repeat)):
+        for rec in stream("digits-rotations", limit=n):
+            i = owner(tasks.setdefault(rec["task"], len(tasks)))
+            if _ < repeat[i]:
+                files[i].write(encode(rec["x"], rec["y"], rec["task"], rec["id"]) + b"\n")
+                counts[i] += 1
     for f in files:
         f.close()
     return list(zip(paths, counts))
@@ -94,8 +96,10 @@ def test_two_members_end_with_equal_meta_parameters_and_learn_every_record_once(
 
 
 def test_a_killed_member_does_not_stall_the_other_and_rejoins_after_restart(tmp_path):
-    # The survivor has the longer stream (7 tasks to 3), so it is still learning when the victim is back.
-    (a_src, a_n), (b_src, b_n) = _split_by_task(tmp_path, 1500, owner=lambda i: 1 if i in (1, 3, 5) else 0)
+    # The survivor has the longer stream (7 tasks to 3, three times over), so it is still learning
+    # when the victim is back (and if not, it waits for it at the end: --stop-at-end waits for all).
+    (a_src, a_n), (b_src, b_n) = _split_by_task(tmp_path, 1500, owner=lambda i: 1 if i in (1, 3, 5) else 0,
+                                                repeat=(3, 1))
     port = _free_port()
     survivor = _member(0, port, a_src, tmp_path / "a", "--stop-at-end")
     victim = _member(1, port, b_src, tmp_path / "b", "--max-records", "150")
@@ -109,13 +113,14 @@ def test_a_killed_member_does_not_stall_the_other_and_rejoins_after_restart(tmp_
     # The survivor keeps learning alone: its checkpoints keep advancing after the member died.
     _wait_for(lambda: _learned(tmp_path / "a") > learned_at_kill or _learned(tmp_path / "a") == a_n, 240)
     restarted = _member(1, port, b_src, tmp_path / "b", "--stop-at-end")
-    _finish(restarted)
+    restarted_out = _finish(restarted)
     out = _finish(survivor)
     a, b = _inspect(tmp_path / "a"), _inspect(tmp_path / "b")
     assert "sync all-reduce failed" in out  # the death was noticed and logged
     assert "a member left the group" in out  # the clean stop was not a failure
     assert a["records_learned"] == a_n and b["records_learned"] == b_n  # exactly once, across the kill
-    assert a["meta_parameters_sha256"] == b["meta_parameters_sha256"]  # rejoined and synced at the end
+    logs = "\n".join(line for line in (out + restarted_out).splitlines() if "sync" in line)
+    assert a["meta_parameters_sha256"] == b["meta_parameters_sha256"], logs  # rejoined and synced at the end
     assert b["sync_round"] > 1
 
 
