@@ -102,6 +102,42 @@ def _sync_bytes(state: dict, flags: list[str]) -> int:
     return 8 * (sum(t.numel() for t in learner.shared_tensors().values()) + 5)
 
 
+def round_cost(flags: list[str], rounds: int = 30) -> dict:
+    """Seconds and bytes of one averaging round between two members (threads of this process,
+    gloo over loopback), the daemon's model as ``flags`` configure it."""
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from stream_meta.daemon.app import build_learner
+    from stream_meta.daemon.config import load_config
+    from stream_meta.daemon.sync import Sync, SyncMetrics, SyncSettings
+
+    cfg, port = load_config(_as_flags(flags), env={}), _free_port()
+    learners = [build_learner(cfg) for _ in range(2)]
+    regs = [CollectorRegistry(), CollectorRegistry()]
+    syncs: list = [None, None]
+    seconds: list[list[float]] = [[], []]
+
+    def member(rank: int) -> None:
+        syncs[rank] = Sync(learners[rank], SyncSettings(rank, 2, "127.0.0.1", port, 1, None, 30.0),
+                           SyncMetrics(regs[rank]))
+        for i in range(1, rounds + 1):
+            started = time.perf_counter()
+            syncs[rank].after_learn(learners[rank].meta_updates + i)
+            seconds[rank].append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=member, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    times = sorted(seconds[0])
+    return {"rounds": rounds, "median_ms": round(1000 * times[len(times) // 2], 2),
+            "p90_ms": round(1000 * times[int(len(times) * 0.9)], 2),
+            "bytes_per_member": int(regs[0].get_sample_value("stream_meta_sync_bytes"))}
+
+
 def _as_flags(flags: list[str]) -> dict:
     out = {}
     for name, value in zip(flags[::2], flags[1::2]):
@@ -167,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['run']:28} {r['records_per_s']:8.1f} {r['records_per_s'] / single['records_per_s']:8.2f} "
               f"{r['accuracy_all_tasks']:8.4f}  {r['accuracy_per_member']}")
+    cost = round_cost(flags)
+    print(f"sync round, 2 members on loopback: median {cost['median_ms']} ms, p90 {cost['p90_ms']} ms, "
+          f"{cost['bytes_per_member']} bytes sent per member")
     print(f"(load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores)")
     if args.out is not None:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
