@@ -93,13 +93,13 @@ def accuracy_all_tasks(ckpt_dir: Path, dataset: str, flags: list[str], support: 
 
 
 def _sync_bytes(state: dict, flags: list[str]) -> int:
-    """Bytes one member sends into one round (float64 payload plus the header)."""
+    """Bytes one member sends into one round (float32 payload plus the float64 header)."""
     from stream_meta.daemon.app import build_learner
     from stream_meta.daemon.config import load_config
 
     learner = build_learner(load_config(_as_flags(flags), env={}))
     learner.load_state_dict(state)
-    return 8 * (sum(t.numel() for t in learner.shared_tensors().values()) + 5)
+    return 4 * sum(t.numel() for t in learner.shared_tensors().values()) + 8 * 5
 
 
 def round_cost(flags: list[str], rounds: int = 30) -> dict:

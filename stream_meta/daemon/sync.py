@@ -203,7 +203,7 @@ class Sync:
             # Regulariser state is averaged only once every member has one (same layout everywhere).
             names = sorted(k for k in shared if int(header[3]) == members or not k.startswith("regularizer/"))
             mine = 1.0 if weight_sum == 0 else (1.0 if self._learned else 0.0)
-            flat = torch.cat([shared[k].reshape(-1).to(torch.float64) for k in names])
+            flat = torch.cat([shared[k].reshape(-1).to(torch.float32) for k in names])
             body = flat * mine
             self._all_reduce(body, wait_s)
         except (RuntimeError, dist.DistError) as exc:  # timeouts and lost peers both surface as these
