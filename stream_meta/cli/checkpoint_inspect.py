@@ -39,6 +39,7 @@ def describe_checkpoint(directory: Path) -> dict:
         "tasks_seen": m.get("tasks_seen"),
         "meta_updates": m.get("meta_updates"),
         "replay_episodes": m.get("replay_episodes"),
+        "sync_round": m.get("sync_round"),  # None: written outside a scale-out group
         "config": m.get("config"),  # the settings it was written with (None before fingerprints)
         "bytes": m["bytes"],
         "meta_parameters_sha256": params_digest(learner["params"]),

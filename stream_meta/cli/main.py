@@ -22,6 +22,7 @@ BENCHES = {
     "kafka": "stream_meta.bench.kafka",
     "defaults": "stream_meta.bench.defaults",
     "taskfree": "stream_meta.bench.taskfree",
+    "scaleout": "stream_meta.bench.scaleout",
 }
 
 EXAMPLES = {

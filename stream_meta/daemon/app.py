@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry
 
 from connectors.base import Offsets, Source
@@ -14,6 +16,7 @@ from stream_meta.model import num_parameters
 from stream_meta.daemon.service import Service, Sinks
 from stream_meta.daemon.stats import RunStats
 from stream_meta.daemon.labels import LabelDecoder
+from stream_meta.daemon.sync import NoSync, Sync, SyncMetrics, settings_from_env
 from stream_meta.daemon.wire import BatchDecoder
 from stream_meta.learn.pending import PendingStore
 from stream_meta.learn.tasks import TaskRouter
@@ -89,6 +92,7 @@ def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:
         dlq = KafkaSink(bootstrap=cfg.bootstrap, client_options=options, max_request_size=cfg.dlq_max_message_bytes,
                         connect_timeout_s=cfg.connect_timeout_s)
         predictions = dlq if cfg.predictions_topic else None
+    sync = build_sync(cfg, learner, registry)
     return Service(
         settings=cfg.service_settings,
         learner=learner,
@@ -101,4 +105,13 @@ def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:
         router=TaskRouter(cfg.task_mode),
         pending=PendingStore(cfg.pending_capacity, cfg.label_ttl_records),
         labels=LabelDecoder(cfg.num_classes),
+        sync=sync,
     )
+
+
+def build_sync(cfg: RunConfig, learner: Learner, registry: CollectorRegistry) -> Sync | NoSync:
+    """A scale-out group from the standard torch.distributed environment; none at world size 1."""
+    settings = settings_from_env(os.environ, cfg.sync_every, cfg.sync_every_s, cfg.sync_timeout_s)
+    if settings is None:
+        return NoSync()
+    return Sync(learner, settings, SyncMetrics(registry))

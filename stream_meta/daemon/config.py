@@ -174,6 +174,13 @@ class RunConfig(BaseModel):
     log_format: Literal["plain", "json"] = "plain"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     progress: bool = Field(False, description="show a progress line on stderr")
+    # --- scale-out (members named by WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT; see daemon/sync.py) ---
+    sync_every: int = Field(10, ge=1, description="with WORLD_SIZE > 1: average the meta-parameters across the "
+                            "group every this many meta-updates")
+    sync_every_s: float | None = Field(None, gt=0, description="also average after this many seconds without a "
+                                       "round (lets an idle member take part)")
+    sync_timeout_s: float = Field(30.0, gt=0, description="a sync round or rendezvous not done within this long "
+                                  "fails: counted, logged, the member learns alone and re-forms the group later")
 
     @model_validator(mode="before")
     @classmethod

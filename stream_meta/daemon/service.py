@@ -26,6 +26,7 @@ from stream_meta.daemon.config import ServiceSettings
 from stream_meta.daemon.deadletters import SinkFailures, dead_letter
 from stream_meta.daemon.metrics import Metrics
 from stream_meta.daemon.stats import RunStats
+from stream_meta.daemon.sync import NoSync, Sync
 from stream_meta.daemon.watch import ConnectionWatch, ProgressLine
 from stream_meta.daemon.wire import BatchDecoder
 from stream_meta.errors import CheckpointMismatchError, RecordError, StreamMetaError
@@ -82,6 +83,7 @@ class Service:
     router: TaskRouter = field(default_factory=lambda: TaskRouter("field"))
     pending: PendingStore = field(default_factory=PendingStore)
     labels: LabelDecoder | None = None
+    sync: Sync | NoSync = field(default_factory=NoSync)  # scale-out averaging (daemon/sync.py)
     offsets: Offsets = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -143,6 +145,7 @@ class Service:
                         break
                     self.process(records[:self._room()], arrived)
                     processed = True
+                self.sync.after_learn(self.learner.meta_updates)  # also idle: time-based rounds (--sync-every-s)
                 if polled or at_end:
                     self.stats.elapsed_seconds += time.perf_counter() - busy_from
                 if processed:
@@ -158,6 +161,7 @@ class Service:
                     self.request_stop("backlog consumed (--stop-at-end)")
                 elif self._idle_too_long(polled):
                     self.request_stop(f"no records for {self.settings.idle_timeout_s}s")
+            self.sync.finish(wait_for_all=self.settings.stop_at_end and self.source.backlog_done())
             self.checkpoint()
             if self.settings.progress:
                 self.progress.show(self.stats, final=True)
@@ -166,6 +170,7 @@ class Service:
             if self.source is not None:
                 self.source.close()
             self.sinks.close()
+            self.sync.close()
         return {**self.stats.summary(), "task_boundaries": list(self.router.boundaries),
                 "tasks_detected": self.router.tasks_detected, "tasks_recurring": self.router.tasks_recurring}
 
@@ -222,6 +227,7 @@ class Service:
             report = self.learner.learn_batch(learn_tasks, lx, ly)
             self.metrics.observe_meta_updates(time.perf_counter() - learn_started, report.meta_updates)
             self._count_learning(records[-1], report, len(learn_tasks))
+            self.sync.after_learn(self.learner.meta_updates)  # averages with the group when due
         if len(batch) or learn_tasks:
             self.metrics.step_seconds.observe(time.perf_counter() - started)
 
@@ -310,6 +316,7 @@ class Service:
             "meta_updates": self.stats.meta_updates,
             "replay_episodes": health.replay_episodes,
             "memory_records": health.memory_records,
+            **self.sync.info(),
         }
         manifest = self.store.save(state, self.offsets, info)
         if commit and self.source is not None and self.offsets:
@@ -356,6 +363,7 @@ class Service:
             self.router.load_state_dict(ckpt.state["router"])
             self.pending.load_state_dict(ckpt.state["pending"])
         self.offsets = dict(ckpt.offsets)
+        self.sync.restore(ckpt.manifest)
         if "created" in ckpt.manifest:
             self.metrics.mark_checkpoint(float(ckpt.manifest["created"]))
         log.info(

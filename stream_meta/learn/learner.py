@@ -92,6 +92,10 @@ class Learner(Protocol):
 
     def load_state_dict(self, state: dict) -> None: ...
 
+    def shared_tensors(self) -> dict[str, torch.Tensor]: ...  # what a scale-out group averages
+
+    def load_shared(self, tensors: dict[str, torch.Tensor]) -> None: ...
+
 
 class OnlineMetaLearner:
     """Shared meta-parameters + per-task fast weights + episode replay."""
@@ -340,6 +344,36 @@ class OnlineMetaLearner:
         report.query_loss_before = stats.get("query_loss_before")
         report.query_loss_after = stats["query_loss"]
 
+    # -- scale-out ------------------------------------------------------------
+    def shared_tensors(self) -> dict[str, torch.Tensor]:
+        """Copies of what members of a group average: meta-parameters, learned extras (step
+        sizes), the outer optimiser's moments and, once a task boundary has set them, the
+        regulariser's importances and anchor (``regularizer/`` keys). Replay, task windows and
+        fast weights stay local. A parameter the optimiser has not stepped yet reads as zeros."""
+        out = {f"params/{k}": v.detach().clone() for k, v in self.params.items()}
+        out.update({f"extra/{k}": v.detach().clone() for k, v in self.extra.items()})
+        out.update(_adam_moments(self.optimizer, {**self.params, **{f"extra.{k}": v for k, v in self.extra.items()}}))
+        if self.reg is not None and self.reg.importance is not None and self.reg.anchor is not None:
+            out.update({f"regularizer/importance/{k}": v.clone() for k, v in self.reg.importance.items()})
+            out.update({f"regularizer/anchor/{k}": v.clone() for k, v in self.reg.anchor.items()})
+        return out
+
+    def load_shared(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Take the group's averages (keys as :meth:`shared_tensors` names them; absent ones stay)."""
+        named = {**self.params, **{f"extra.{k}": v for k, v in self.extra.items()}}
+        with torch.no_grad():
+            for k, v in self.params.items():
+                v.copy_(tensors[f"params/{k}"])
+            for k, v in self.extra.items():
+                v.copy_(tensors[f"extra/{k}"])
+        _load_adam_moments(self.optimizer, named, tensors)
+        if self.reg is not None and any(k.startswith("regularizer/") for k in tensors):
+            self.reg.importance = {k: tensors[f"regularizer/importance/{k}"].clone() for k in self.params
+                                   if f"regularizer/importance/{k}" in tensors}
+            self.reg.anchor = {k: tensors[f"regularizer/anchor/{k}"].clone() for k in self.params
+                               if f"regularizer/anchor/{k}" in tensors}
+        self._fast.clear()  # every cached adaptation started from the old meta-parameters
+
     # -- state ----------------------------------------------------------------
     def health(self) -> LearnerHealth:
         return LearnerHealth(
@@ -440,6 +474,14 @@ class OnlineSGDLearner:
     def health(self) -> LearnerHealth:
         return LearnerHealth(self.meta_updates, self.nonfinite_skips, 0, 0, 0, 0, None, None)
 
+    def shared_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"params/{k}": v.detach().clone() for k, v in self.params.items()}
+
+    def load_shared(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for k, v in self.params.items():
+                v.copy_(tensors[f"params/{k}"])
+
     def state_dict(self) -> dict:
         return {"params": {k: v.detach().clone() for k, v in self.params.items()}, "optimizer": copy.deepcopy(self.optimizer.state_dict())}
 
@@ -448,6 +490,28 @@ class OnlineSGDLearner:
             for k, v in state["params"].items():
                 self.params[k].copy_(v)
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _adam_moments(optimizer: torch.optim.Optimizer, named: Params) -> dict[str, torch.Tensor]:
+    """Adam's step count and moments per named parameter (zeros where it has not stepped yet),
+    so every member of a group sends the same layout."""
+    out = {}
+    for name, p in named.items():
+        state = optimizer.state.get(p, {})
+        out[f"optimizer/step/{name}"] = torch.as_tensor(state.get("step", 0.0), dtype=torch.float32).clone().reshape(1)
+        for key in ("exp_avg", "exp_avg_sq"):
+            out[f"optimizer/{key}/{name}"] = state[key].clone() if key in state else torch.zeros_like(p.detach())
+    return out
+
+
+def _load_adam_moments(optimizer: torch.optim.Optimizer, named: Params, tensors: dict[str, torch.Tensor]) -> None:
+    for name, p in named.items():
+        if f"optimizer/step/{name}" not in tensors:
+            continue
+        state = optimizer.state[p]
+        state["step"] = tensors[f"optimizer/step/{name}"].reshape(()).clone()
+        for key in ("exp_avg", "exp_avg_sq"):
+            state[key] = tensors[f"optimizer/{key}/{name}"].clone()
 
 
 def build_algorithm(inner_cfg: InnerLoopConfig, meta_cfg: MetaStepConfig) -> GradientMetaAlgorithm:

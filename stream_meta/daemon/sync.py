@@ -1,0 +1,300 @@
+"""Scale-out: members of one consumer group learn one meta-learner together.
+
+Every ``sync_every`` meta-updates (or ``sync_every_s`` seconds) the members all-reduce and
+average what :meth:`Learner.shared_tensors` returns (meta-parameters, learned step sizes, the
+outer optimiser's moments, regulariser importances) over torch.distributed c10d (gloo).
+Started the standard way: ``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` (what
+torchrun or a StatefulSet ordinal gives). No group (world size 1) is :class:`NoSync`.
+
+One round is two all-reduces: a header (learned-since-last-round weight, done flag, member
+count, has-regulariser flag), then the weighted tensors. Members that learned nothing since
+the last round carry weight 0, so an idle member does not pull the others back.
+
+Faults: every collective has ``sync_timeout_s``. A failed or timed-out round is counted
+(``stream_meta_sync_failures_total``) and logged, the group is dropped (a timed-out gloo
+group is not reusable) and the member learns alone; at later due rounds it re-forms the
+group through a c10d TCPStore rendezvous with a generation number, so a restarted member
+rejoins. Rank 0 hosts the store for life; if rank 0 dies the others wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Mapping
+
+import torch
+import torch.distributed as dist
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from stream_meta.errors import ConfigError
+from stream_meta.learn.learner import Learner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """Who this member is and when it syncs."""
+
+    rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    every: int = 10
+    every_s: float | None = None
+    timeout_s: float = 30.0
+
+
+def settings_from_env(env: Mapping[str, str], every: int, every_s: float | None, timeout_s: float) -> SyncSettings | None:
+    """The group from ``WORLD_SIZE``/``RANK``/``MASTER_ADDR``/``MASTER_PORT``; None without one.
+    ``RANK`` may also be a StatefulSet pod name (``stream-meta-3`` -> 3)."""
+    world = int(env.get("WORLD_SIZE", "1") or "1")
+    if world <= 1:
+        return None
+    raw_rank = env.get("RANK", "")
+    try:
+        rank = int(raw_rank.rsplit("-", 1)[-1])
+    except ValueError:
+        raise ConfigError(f"RANK={raw_rank!r}: need an integer (or a pod name ending in -<ordinal>)") from None
+    if not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} outside 0..WORLD_SIZE-1 ({world})")
+    if not env.get("MASTER_ADDR") or not env.get("MASTER_PORT"):
+        raise ConfigError("WORLD_SIZE > 1 needs MASTER_ADDR and MASTER_PORT (member 0's host and rendezvous port)")
+    return SyncSettings(rank, world, env["MASTER_ADDR"], int(env["MASTER_PORT"]), every, every_s, timeout_s)
+
+
+class SyncMetrics:
+    """The group's metrics, on the registry the daemon passes in."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rounds = Counter("stream_meta_sync_rounds_total", "Meta-parameter averaging rounds completed",
+                              registry=registry)
+        self.failures = Counter("stream_meta_sync_failures_total", "Sync rounds or rendezvous that failed or "
+                                "timed out (the member learned alone meanwhile)", registry=registry)
+        self.seconds = Histogram("stream_meta_sync_seconds", "Wall time of one averaging round", registry=registry,
+                                 buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))
+        self.bytes = Gauge("stream_meta_sync_bytes", "Bytes this member sent into the last round's all-reduce",
+                           registry=registry)
+        self.members = Gauge("stream_meta_sync_members", "Members in the group (0: learning alone)", registry=registry)
+        self.divergence = Gauge("stream_meta_sync_divergence", "L2 norm of this member's meta-parameters minus the "
+                                "group mean, before the last averaging", registry=registry)
+        self.round = Gauge("stream_meta_sync_round", "Rounds this member took part in (checkpointed)",
+                           registry=registry)
+
+
+class NoSync:
+    """World size 1: the daemon as it always was."""
+
+    rounds = 0
+
+    def after_learn(self, meta_updates: int) -> None:
+        """Nothing to average."""
+
+    def finish(self, wait_for_all: bool = False) -> None:
+        """Nothing to align."""
+
+    def info(self) -> dict:
+        return {}
+
+    def restore(self, manifest: dict) -> None:
+        """Nothing to restore."""
+
+    def close(self) -> None:
+        """Nothing held."""
+
+
+class Sync:
+    """Periodic averaging of the learner's shared tensors across the group; see the module doc."""
+
+    def __init__(self, learner: Learner, settings: SyncSettings, metrics: SyncMetrics, rounds: int = 0) -> None:
+        self.learner, self.settings, self.metrics = learner, settings, metrics
+        self.rounds = rounds  # restored from the checkpoint by the caller
+        self.failures = 0
+        self._pg: dist.ProcessGroup | None = None
+        self._store: dist.TCPStore | None = None
+        self._server: dist.TCPStore | None = None
+        self._last_updates: int | None = learner.meta_updates  # None: re-align at the next turn
+        self._learned = False  # meta-updates since the last round: this member's weight
+        self._last_round = time.monotonic()
+        self._last_attempt = -1e9
+        self.metrics.round.set(rounds)
+        if settings.rank == 0:
+            # Rank 0 hosts the rendezvous store for its whole life; others connect to it.
+            self._server = dist.TCPStore(settings.master_addr, settings.master_port, settings.world_size,
+                                         is_master=True, timeout=self._timeout, wait_for_workers=False)
+        self._form(settings.timeout_s)
+
+    @property
+    def _timeout(self) -> timedelta:
+        return timedelta(seconds=self.settings.timeout_s)
+
+    # -- the hooks the service calls --------------------------------------------
+    def after_learn(self, meta_updates: int) -> None:
+        """Called once per loop turn with the learner's meta-update count: syncs when due."""
+        if self._last_updates is None:  # just restored: take the group's tensors, weight 0
+            due = True
+        else:
+            self._learned = self._learned or meta_updates != self._last_updates
+            due = meta_updates - self._last_updates >= self.settings.every or (
+                self.settings.every_s is not None and time.monotonic() - self._last_round >= self.settings.every_s)
+        if not due:
+            return
+        self._last_updates = meta_updates
+        self._last_round = time.monotonic()
+        if self._pg is None and not self._rejoin():
+            return
+        self._round(done=False)
+
+    def finish(self, wait_for_all: bool = False) -> None:
+        """At a clean stop, hand the group this member's last updates.
+
+        ``wait_for_all`` (the backlog is consumed, ``--stop-at-end``): keep taking part in
+        rounds until every member is done, so all end with the same meta-parameters (a member
+        that dies ends it early). Otherwise (signal, ``--max-records``, idle): one round that
+        says this member is leaving, so the others drop the group without counting a failure.
+        """
+        if not wait_for_all:
+            if self._pg is not None:
+                # A leaving member waits little for the others' next round: a stop has its own deadline.
+                self._round(done=True, leaving=True, wait_s=min(self.settings.timeout_s, 5.0))
+            self._pg = None
+            return
+        tries = 3  # a member that died may be restarting: wait for it a few timeouts, not forever
+        while tries > 0:
+            if self._pg is None and not self._form(self.settings.timeout_s):
+                tries -= 1
+                continue
+            header = self._round(done=True)
+            if header is None:
+                tries -= 1
+            elif header[1] >= header[2]:
+                self._pg = None
+                return
+
+    def info(self) -> dict:
+        """What the checkpoint manifest records."""
+        return {"sync_round": self.rounds, "sync_rank": self.settings.rank,
+                "sync_world_size": self.settings.world_size}
+
+    def restore(self, manifest: dict) -> None:
+        """The round count continues from the checkpoint; the next round re-aligns the tensors."""
+        self.rounds = int(manifest.get("sync_round", self.rounds))
+        self.metrics.round.set(self.rounds)
+        self._last_updates = None  # sync at the first turn: re-align after a restart
+
+    def close(self) -> None:
+        self._pg = None
+        self._store = None
+
+    # -- one round ------------------------------------------------------------
+    def _round(self, done: bool, leaving: bool = False, wait_s: float | None = None) -> torch.Tensor | None:
+        """One averaging round; the summed header (weights, done, members, has-regulariser, leaving)."""
+        started = time.perf_counter()
+        shared = self.learner.shared_tensors()
+        has_reg = any(k.startswith("regularizer/") for k in shared)
+        header = torch.tensor([1.0 if self._learned else 0.0, float(done), 1.0, float(has_reg), float(leaving)],
+                              dtype=torch.float64)
+        try:
+            self._all_reduce(header, wait_s)
+            weight_sum, members = float(header[0]), int(header[2])
+            # Regulariser state is averaged only once every member has one (same layout everywhere).
+            names = sorted(k for k in shared if int(header[3]) == members or not k.startswith("regularizer/"))
+            mine = 1.0 if weight_sum == 0 else (1.0 if self._learned else 0.0)
+            flat = torch.cat([shared[k].reshape(-1).to(torch.float32) for k in names])
+            body = flat * mine
+            self._all_reduce(body, wait_s)
+        except (RuntimeError, dist.DistError) as exc:  # timeouts and lost peers both surface as these
+            self._fail("all-reduce", exc)
+            return None
+        mean = body / (weight_sum if weight_sum > 0 else members)
+        averaged, at = {}, 0
+        for k in names:
+            n = shared[k].numel()
+            averaged[k] = mean[at:at + n].reshape(shared[k].shape).to(shared[k].dtype)
+            at += n
+        params = [k for k in names if k.startswith("params/")]
+        self.metrics.divergence.set(float(torch.sqrt(sum(((shared[k].double() - averaged[k].double()) ** 2).sum()
+                                                         for k in params))))
+        self.learner.load_shared(averaged)
+        self._learned = False
+        self.rounds += 1
+        self.metrics.rounds.inc()
+        self.metrics.round.set(self.rounds)
+        self.metrics.members.set(members)
+        self.metrics.bytes.set(body.numel() * body.element_size() + header.numel() * header.element_size())
+        self.metrics.seconds.observe(time.perf_counter() - started)
+        if header[4] > 0 and not leaving:
+            # A member stopped cleanly: the group is re-formed when it (or a replacement) is back.
+            log.info("a member left the group after round %d; learning alone until it re-forms", self.rounds)
+            self._pg = None
+            self.metrics.members.set(0)
+        return header
+
+    def _all_reduce(self, tensor: torch.Tensor, wait_s: float | None = None) -> None:
+        wait_s = self.settings.timeout_s if wait_s is None else wait_s
+        work = self._pg.allreduce([tensor])
+        if not work.wait(timedelta(seconds=wait_s)):
+            raise RuntimeError(f"all-reduce did not finish within {wait_s}s")
+
+    def _fail(self, stage: str, exc: BaseException) -> None:
+        self.failures += 1
+        self.metrics.failures.inc()
+        self.metrics.members.set(0)
+        log.warning("sync %s failed (round %d, rank %d of %d): %s; learning alone until the group re-forms",
+                    stage, self.rounds, self.settings.rank, self.settings.world_size, str(exc).splitlines()[0])
+        self._pg = None  # a gloo group that timed out is not reusable
+        if self.settings.rank != 0:
+            self._store = None  # the store may be a new one (rank 0 restarted): reconnect next time
+
+    # -- rendezvous -----------------------------------------------------------
+    def _rejoin(self) -> bool:
+        """Try to re-form the group, at most once per sync timeout so learning goes on between tries."""
+        now = time.monotonic()
+        if now - self._last_attempt < self.settings.timeout_s / 2:
+            return False
+        self._last_attempt = now
+        # A short wait: the member that is starting (or restarting) waits the full timeout.
+        return self._form(min(self.settings.timeout_s, 2.0))
+
+    def _form(self, wait_s: float) -> bool:
+        """Rendezvous at the store's current generation; all members arrived -> a new gloo group."""
+        s = self.settings
+        try:
+            if self._store is None:
+                self._store = self._server if self._server is not None else dist.TCPStore(
+                    s.master_addr, s.master_port, s.world_size, is_master=False,
+                    timeout=timedelta(seconds=wait_s), wait_for_workers=False)
+            store = self._store
+            deadline = time.monotonic() + wait_s
+            while True:
+                generation = int(store.add("generation", 0))
+                arrived = store.add(f"arrived/{generation}", 1)
+                if arrived <= s.world_size:
+                    break
+                # This generation already formed a group (or is being retired): move past it.
+                store.compare_set("generation", str(generation), str(generation + 1))
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no open generation within {wait_s:.1f}s")
+            if arrived == s.world_size:
+                # The last to arrive closes the generation: the next rendezvous starts a fresh one,
+                # so a group's store keys (its prefix) are never reused.
+                store.compare_set("generation", str(generation), str(generation + 1))
+            while arrived < s.world_size:
+                if time.monotonic() > deadline:
+                    # Retire this generation so a later try starts with a clean count.
+                    store.compare_set("generation", str(generation), str(generation + 1))
+                    raise TimeoutError(f"{arrived} of {s.world_size} members at generation {generation} "
+                                       f"after {wait_s:.1f}s")
+                time.sleep(0.05)
+                arrived = store.add(f"arrived/{generation}", 0)
+            prefix = dist.PrefixStore(f"group/{generation}/", store)
+            self._pg = dist.ProcessGroupGloo(prefix, s.rank, s.world_size, self._timeout)
+        except (RuntimeError, dist.DistError, TimeoutError, OSError) as exc:
+            self._fail("rendezvous", exc)
+            return False
+        self.metrics.members.set(s.world_size)
+        log.info("sync group formed: rank %d of %d, generation %d", s.rank, s.world_size, generation)
+        return True

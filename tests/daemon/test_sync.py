@@ -1,0 +1,157 @@
+"""Sync (daemon/sync.py) in one process: two members as threads over gloo on loopback."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+
+from stream_meta.daemon.sync import NoSync, Sync, SyncMetrics, SyncSettings, settings_from_env
+from stream_meta.errors import ConfigError
+from stream_meta.learn.config import ModelConfig
+from stream_meta.learn.learner import OnlineMetaLearner
+
+CFG = ModelConfig(input_dim=6, num_classes=3, hidden=(8,))
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _learner(seed: int, records: int = 40) -> OnlineMetaLearner:
+    learner = OnlineMetaLearner(CFG, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    learner.learn_batch([f"t{seed}"] * records, torch.randn(records, 6, generator=g), torch.randint(0, 3, (records,), generator=g))
+    return learner
+
+
+def test_no_group_without_a_world_size_above_one():
+    assert settings_from_env({}, 10, None, 30.0) is None
+    assert settings_from_env({"WORLD_SIZE": "1", "RANK": "0"}, 10, None, 30.0) is None
+
+
+def test_rank_from_an_integer_or_a_statefulset_pod_name_and_clear_errors():
+    env = {"WORLD_SIZE": "3", "MASTER_ADDR": "m", "MASTER_PORT": "29500"}
+    assert settings_from_env({**env, "RANK": "2"}, 10, None, 30.0).rank == 2
+    assert settings_from_env({**env, "RANK": "stream-meta-1"}, 10, None, 30.0).rank == 1
+    with pytest.raises(ConfigError, match="outside"):
+        settings_from_env({**env, "RANK": "3"}, 10, None, 30.0)
+    with pytest.raises(ConfigError, match="integer"):
+        settings_from_env({**env, "RANK": "leader"}, 10, None, 30.0)
+    with pytest.raises(ConfigError, match="MASTER_ADDR"):
+        settings_from_env({"WORLD_SIZE": "2", "RANK": "0"}, 10, None, 30.0)
+
+
+def test_shared_tensors_round_trip_including_optimiser_moments():
+    a, b = _learner(1), OnlineMetaLearner(CFG, seed=2)
+    fresh = b.shared_tensors()
+    assert all(float(v.abs().sum()) == 0 for k, v in fresh.items() if k.startswith("optimizer/"))  # not stepped yet
+    assert a.meta_updates > 0
+    b.load_shared(a.shared_tensors())
+    got, want = b.shared_tensors(), a.shared_tensors()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    # the moments it took are the ones its optimiser steps with next
+    p = b.params[next(iter(b.params))]
+    assert torch.equal(b.optimizer.state[p]["exp_avg"], a.optimizer.state[a.params[next(iter(a.params))]]["exp_avg"])
+
+
+def _pair(learners, port, timeout_s=10.0, every=1):
+    syncs: list[Sync | None] = [None, None]
+    regs = [CollectorRegistry(), CollectorRegistry()]
+
+    def start(rank):
+        syncs[rank] = Sync(learners[rank], SyncSettings(rank, 2, "127.0.0.1", port, every, None, timeout_s),
+                           SyncMetrics(regs[rank]))
+
+    threads = [threading.Thread(target=start, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return syncs, regs
+
+
+def _in_threads(fn, *args_per_rank):
+    threads = [threading.Thread(target=fn, args=a) for a in args_per_rank]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def test_a_round_averages_both_members_to_the_same_tensors():
+    learners = [_learner(1), _learner(2)]
+    before = [l.shared_tensors() for l in learners]
+    mean = {k: (before[0][k].double() + before[1][k].double()) / 2 for k in before[0]}
+    syncs, regs = _pair(learners, _port())
+    _in_threads(lambda s, l: s.after_learn(l.meta_updates + 1), (syncs[0], learners[0]), (syncs[1], learners[1]))
+    after = [l.shared_tensors() for l in learners]
+    assert all(torch.equal(after[0][k], after[1][k]) for k in after[0])  # bit-identical on both members
+    assert all(torch.allclose(after[0][k].double(), mean[k], atol=1e-6) for k in mean)
+    for reg in regs:
+        assert reg.get_sample_value("stream_meta_sync_rounds_total") == 1
+        assert reg.get_sample_value("stream_meta_sync_members") == 2
+        assert reg.get_sample_value("stream_meta_sync_divergence") > 0
+        assert reg.get_sample_value("stream_meta_sync_bytes") > 0
+    assert syncs[0].info()["sync_round"] == 1
+
+
+def test_a_member_alone_counts_the_failure_and_keeps_its_tensors():
+    learner = _learner(1)
+    before = learner.shared_tensors()
+    reg = CollectorRegistry()
+    sync = Sync(learner, SyncSettings(0, 2, "127.0.0.1", _port(), 1, None, 0.5), SyncMetrics(reg))
+    sync.after_learn(learner.meta_updates + 1)  # due, but no group: learns alone
+    assert sync.failures >= 1 and reg.get_sample_value("stream_meta_sync_failures_total") == sync.failures
+    assert reg.get_sample_value("stream_meta_sync_rounds_total") == 0
+    after = learner.shared_tensors()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_lost_member_fails_the_round_and_the_group_re_forms_when_it_is_back():
+    learners = [_learner(1), _learner(2)]
+    port = _port()
+    syncs, regs = _pair(learners, port, timeout_s=2.0)
+    syncs[1].close()  # member 1 is gone (its gloo pairs close with it)
+    del syncs[1]
+    import gc
+
+    gc.collect()
+    syncs[0].after_learn(learners[0].meta_updates + 1)
+    assert regs[0].get_sample_value("stream_meta_sync_failures_total") >= 1
+    # member 1 comes back (a new process would build a new Sync): both re-form, then average
+    back = [None]
+    reg1 = CollectorRegistry()
+
+    def restart():
+        back[0] = Sync(learners[1], SyncSettings(1, 2, "127.0.0.1", port, 1, None, 4.0), SyncMetrics(reg1))
+
+    def survivor():
+        syncs[0]._last_attempt = -1e9  # its next due turn tries to rejoin
+        syncs[0].after_learn(learners[0].meta_updates + 2)
+
+    t = threading.Thread(target=restart)
+    t.start()
+    survivor_ok = threading.Thread(target=survivor)
+    survivor_ok.start()
+    t.join()
+    restarted_round = threading.Thread(target=lambda: back[0].after_learn(learners[1].meta_updates + 5))
+    restarted_round.start()
+    survivor_ok.join()
+    restarted_round.join()
+    a, b = learners[0].shared_tensors(), learners[1].shared_tensors()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert reg1.get_sample_value("stream_meta_sync_rounds_total") == 1
+
+
+def test_nosync_is_the_daemon_as_before():
+    s = NoSync()
+    s.after_learn(10)
+    s.finish(wait_for_all=True)
+    assert s.info() == {}
