@@ -42,4 +42,7 @@ def describe_checkpoint(directory: Path) -> dict:
         "config": m.get("config"),  # the settings it was written with (None before fingerprints)
         "bytes": m["bytes"],
         "meta_parameters_sha256": params_digest(learner["params"]),
+        # The algorithm's own meta-learned tensors (step sizes, a learned optimiser's or
+        # loss's network): a second digest, so the first keeps meaning "the model".
+        "extra_sha256": params_digest(learner.get("extra", {})),
     }

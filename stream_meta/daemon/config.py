@@ -29,6 +29,7 @@ ENV_PREFIX = "STREAM_META_"
 # The values ``algorithm`` accepts, spelled out so loading a config needs no torch; a test
 # checks this list against the learners that exist (stream_meta.learn.learner.learner_names).
 ALGORITHM_CHOICES = ("maml", "fomaml", "reptile", "metasgd", "lamaml", "anil", "sgd")
+ALGORITHM_CHOICES += ("neural-optimizer", "lmml")
 
 
 @dataclass(frozen=True)
@@ -113,12 +114,17 @@ class RunConfig(BaseModel):
     # The algorithms' own options, passed to the algorithm unchanged (see stream_meta.learn.config).
     loss: Literal[LOSSES] = Field("ce", description="inner-loop loss: ce (cross-entropy) or mse (squared error "  # type: ignore[valid-type]
                                   "of the logits against one-hot labels)")
-    first_order: bool = Field(False, description="metasgd, lamaml, anil only: first-order meta-gradient "
+    first_order: bool = Field(False, description="metasgd, lamaml, anil, neural-optimizer only: first-order meta-gradient "
                               "(no differentiation through the inner steps)")
     head: tuple[str, ...] | None = Field(None, description="anil only: parameter names the inner loop adapts, "
                                          "e.g. 2.weight,2.bias; None = the last layer")
     max_scale: float | None = Field(None, gt=0, description="metasgd, lamaml only: upper bound of the learned "
                                     "step-size multipliers; None = the algorithm's own (10)")
+    net_hidden: int | None = Field(None, ge=1, description="neural-optimizer, lmml only: width of the learned "
+                                   "update rule's or loss's network; None = the algorithm's own (16)")
+    net_bound: float | None = Field(None, gt=0, description="neural-optimizer, lmml only: bound on that network's "
+                                    "outputs (rule: log step multiplier and direction; loss: the learned term); None = the algorithm's own "
+                                    "(2 for the rule, 1 for the loss)")
     max_inner_lr: float = Field(10.0, gt=0, description="largest inner step size the algorithm accepts (a guard)")
     backend: Literal[BACKENDS] = Field("auto", description="meta-gradient engine, one of auto (the fastest "  # type: ignore[valid-type]
                                        "that applies, else the torch.func reference), reference, fast")
@@ -208,6 +214,7 @@ class RunConfig(BaseModel):
         return InnerLoopConfig(
             algorithm=self.algorithm, steps=self.inner_steps, lr=self.inner_lr, loss=self.loss,
             first_order=self.first_order, head=self.head, max_scale=self.max_scale,
+            net_hidden=self.net_hidden, net_bound=self.net_bound,
             max_inner_lr=self.max_inner_lr, backend=self.backend,
         )
 

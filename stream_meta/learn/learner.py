@@ -41,6 +41,8 @@ from stream_meta.learn.probes import ForgettingProbe
 from stream_meta.learn.regularizers import build_regularizer
 from stream_meta.learn.replay import EpisodeReservoir, RecordMemory
 
+HEALTH_EVERY = 10  # meta-updates between two measures of the algorithm's own health metrics
+
 
 @dataclass
 class LearnReport:
@@ -69,6 +71,8 @@ class LearnerHealth:
     memory_bytes: int
     retained_accuracy: float | None
     forgetting: float | None
+    # The algorithm's own health metrics (e.g. neural-optimizer's update_norm_ratio), by name.
+    learner_metrics: dict[str, float] = field(default_factory=dict)
 
 
 class Learner(Protocol):
@@ -132,6 +136,7 @@ class OnlineMetaLearner:
         self._fast: OrderedDict[str, Params] = OrderedDict()  # fresh fast weights per task
         self.meta_updates = 0
         self.nonfinite_skips = 0
+        self._learner_metrics: dict[str, float] = {}
 
     # -- prediction ---------------------------------------------------------
     def fast_weights(self, task: str) -> Params:
@@ -291,6 +296,16 @@ class OnlineMetaLearner:
         report.meta_updates += 1
         report.query_loss_before = stats.get("query_loss_before")
         report.query_loss_after = stats["query_loss"]
+        self._measure_health(self._as_targets(episode))
+
+    def _measure_health(self, episode: Episode) -> None:
+        """The algorithm's own health metrics on the new episode's support set, every
+        ``HEALTH_EVERY`` meta-updates (one extra adaptation: cheap next to a meta-step)."""
+        measure = getattr(self.alg, "health_metrics", None)
+        if measure is None or (self.meta_updates - 1) % HEALTH_EVERY:
+            return
+        self._learner_metrics = measure(self.model, self.params, self.extra, episode.support_x, episode.support_y,
+                                        steps=self.inner_cfg.steps, lr=self.inner_cfg.lr)
 
     # -- state ----------------------------------------------------------------
     def health(self) -> LearnerHealth:
@@ -303,6 +318,7 @@ class OnlineMetaLearner:
             memory_bytes=self.memory.nbytes(),
             retained_accuracy=self.retained_accuracy,
             forgetting=self.forgetting,
+            learner_metrics=dict(self._learner_metrics),
         )
 
     def state_dict(self) -> dict:
@@ -317,6 +333,7 @@ class OnlineMetaLearner:
             "rng": self._rng.get_state(),
             "meta_updates": self.meta_updates,
             "nonfinite_skips": self.nonfinite_skips,
+            "learner_metrics": dict(self._learner_metrics),
             "memory": self.memory.state_dict(),
             "regularizer": None if self.reg is None else self.reg.state_dict(),
             "last_task": self._last_task,
@@ -338,6 +355,7 @@ class OnlineMetaLearner:
         self._rng.set_state(state["rng"])
         self.meta_updates = int(state["meta_updates"])
         self.nonfinite_skips = int(state["nonfinite_skips"])
+        self._learner_metrics = dict(state.get("learner_metrics", {}))
         self._fast = OrderedDict((e["task"], e["params"]) for e in state["fast"])
         if "memory" in state:  # checkpoints written before record replay existed lack these
             self.memory.load_state_dict(state["memory"])

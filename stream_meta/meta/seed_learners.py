@@ -21,7 +21,7 @@ from torch.func import functional_call, grad
 
 from stream_meta.meta.algorithms import GradientMetaAlgorithm
 from stream_meta.meta.learned_loss import LearnedLoss
-from stream_meta.meta.losses import CrossEntropy, reduce_rows
+from stream_meta.meta.losses import reduce_rows
 from stream_meta.meta.neural_optimizer import CoordinatewiseMLP
 from stream_meta.meta.rules import sgd_update
 from stream_meta.meta.spec import Order
@@ -33,17 +33,18 @@ def _detached(p: Params) -> Params:
 
 
 class NeuralOptimizer(GradientMetaAlgorithm):
-    """MAML with a learned inner optimiser (``hidden``: its width; ``bound``: the bound on
-    its outputs; ``first_order``: inner gradients as constants, the rule still learned)."""
+    """MAML with a learned inner optimiser (``net_hidden``: its width; ``net_bound``: the
+    bound on its outputs; ``first_order``: inner gradients as constants, the rule still learned)."""
 
     name = "neural-optimizer"
 
-    def __init__(self, *, hidden: int = 16, bound: float = 2.0, first_order: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *, net_hidden: int = 16, net_bound: float = 2.0, first_order: bool = False,
+                 **kwargs: Any) -> None:
         if kwargs.get("rule") is not None:
             raise ValueError("neural-optimizer brings its own update rule")
-        self._rule = CoordinatewiseMLP(hidden, bound)
+        self._rule = CoordinatewiseMLP(net_hidden, net_bound)
         super().__init__(**kwargs)
-        self.hidden, self.bound, self.first_order = hidden, bound, first_order
+        self.net_hidden, self.net_bound, self.first_order = net_hidden, net_bound, first_order
 
     @property
     def order(self) -> Order:  # type: ignore[override]
@@ -76,26 +77,27 @@ class NeuralOptimizer(GradientMetaAlgorithm):
 
 
 class LMML(GradientMetaAlgorithm):
-    """MAML descending a learned loss in the inner loop (``hidden``: the loss network's
-    width; ``bound``: the learned term's bound). Second order: the loss's weights get
-    their meta-gradient only through the inner gradients. Classification (``loss="ce"``) only."""
+    """MAML descending a learned loss in the inner loop (``net_hidden``: the loss network's
+    width; ``net_bound``: the learned term's bound). Second order: the loss's weights get
+    their meta-gradient only through the inner gradients. The learned term is added to
+    ``loss`` (cross-entropy by default), which also scores the query set."""
 
     name = "lmml"
 
-    def __init__(self, *, hidden: int = 16, bound: float = 1.0, **kwargs: Any) -> None:
-        if kwargs.get("loss", "ce") != "ce":
-            raise ValueError(f"lmml learns a classification loss: loss must be 'ce', got {kwargs['loss']!r}")
+    def __init__(self, *, net_hidden: int = 16, net_bound: float = 1.0, **kwargs: Any) -> None:
         if kwargs.get("inner_loss") is not None:
             raise ValueError("lmml brings its own inner loss")
-        super().__init__(inner_loss=LearnedLoss(hidden, bound), **kwargs)
-        self.hidden, self.bound = hidden, bound
+        super().__init__(**kwargs)
+        self._inner_loss = LearnedLoss(net_hidden, net_bound, self._loss)
+        self.net_hidden, self.net_bound = net_hidden, net_bound
 
     def health_metrics(self, model: nn.Module, params: Params, extra: Params, x: torch.Tensor, y: torch.Tensor,
                        *, steps: int, lr: float) -> dict[str, float]:
-        """On ``(x, y)`` at ``params``: ``learned_loss`` and ``cross_entropy`` (means), and
-        their ratio ``learned_loss_ratio`` (1 at init)."""
+        """On ``(x, y)`` at ``params``: ``learned_loss`` and ``base_loss`` (means: the
+        learned inner loss and the task loss, cross-entropy by default), and their ratio
+        ``learned_loss_ratio`` (1 at init)."""
         with torch.no_grad():
             out = functional_call(model, _detached(params), (x,))
             learned = float(self._inner_loss.rows(out, y, _detached(extra)).mean())
-            ce = float(CrossEntropy().rows(out, y, {}).mean())
-        return {"learned_loss": learned, "cross_entropy": ce, "learned_loss_ratio": learned / ce if ce > 0 else 1.0}
+            base = float(self._loss.rows(out, y, {}).mean())
+        return {"learned_loss": learned, "base_loss": base, "learned_loss_ratio": learned / base if base > 0 else 1.0}

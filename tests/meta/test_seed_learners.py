@@ -123,9 +123,9 @@ def test_health_metrics_start_at_one_and_move_with_the_learned_part(tanh_mlp, na
 
 
 def test_options_are_checked():
-    with pytest.raises(ValueError, match="loss must be 'ce'"):
-        get_algorithm("lmml", loss="mse")
+    with pytest.raises(ValueError, match="its own inner loss"):
+        get_algorithm("lmml", inner_loss="ce")
     with pytest.raises(ValueError, match="bound"):
-        get_algorithm("neural-optimizer", bound=0.0)
+        get_algorithm("neural-optimizer", net_bound=0.0)
     with pytest.raises(ValueError, match="hidden"):
-        get_algorithm("lmml", hidden=0)
+        get_algorithm("lmml", net_hidden=0)
