@@ -46,7 +46,10 @@ def test_each_default_is_shown_at_most_once(command):
 
 def test_algorithm_lists_its_choices_in_help_and_in_the_error(capsys):
     help_text = COMMANDS["run"].format_help()
-    assert "--algorithm {maml,fomaml,reptile,metasgd,lamaml,anil,sgd}" in help_text
+    from stream_meta.daemon.config import ALGORITHM_CHOICES
+
+    assert "--algorithm {maml,fomaml,reptile,metasgd,lamaml,anil,sgd," in help_text
+    assert "--algorithm {" + ",".join(ALGORITHM_CHOICES) + "}" in help_text
     with pytest.raises(SystemExit) as exc:
         main(["run", "--algorithm", "magic"])
     assert exc.value.code == 2
