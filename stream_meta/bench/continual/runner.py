@@ -44,6 +44,10 @@ LEARNERS: dict[str, dict] = {
     "reptile+er-tuned": dict(inner_cfg=_REPTILE, replay_cfg=_ER_TASK,
                              meta_cfg=MetaStepConfig(meta_lr=5e-3, replay_per_update=6)),
     "reptile+er+ewc": dict(inner_cfg=_REPTILE, replay_cfg=_ER_TASK, reg_cfg=RegularizerConfig("ewc", 1.0, 0.9)),
+    # The seed's learners: the neural optimiser first-order like fomaml (its rule is still
+    # meta-learned); LMML second order (its loss learns only through the inner gradients).
+    "neural-optimizer": dict(inner_cfg=InnerLoopConfig(algorithm="neural-optimizer", first_order=True)),
+    "lmml": dict(inner_cfg=InnerLoopConfig(algorithm="lmml")),
 }
 
 
