@@ -22,8 +22,8 @@ def _learn(algorithm: str, records: int) -> OnlineMetaLearner:
 
 @pytest.mark.parametrize("algorithm,metric", [("neural-optimizer", "update_norm_ratio"), ("lmml", "learned_loss_ratio")])
 def test_health_carries_the_algorithms_metric(algorithm, metric):
-    learner = _learn(algorithm, 6 + 2 * HEALTH_EVERY)
-    assert learner.meta_updates > HEALTH_EVERY
+    learner = _learn(algorithm, 8)  # measured after the first meta-update, then every HEALTH_EVERY
+    assert 1 <= learner.meta_updates <= HEALTH_EVERY
     metrics = learner.health().learner_metrics
     assert metric in metrics and metrics[metric] > 0
     # The learned part has moved away from its start (where the metric is exactly 1).
@@ -35,4 +35,4 @@ def test_health_carries_the_algorithms_metric(algorithm, metric):
 
 
 def test_other_algorithms_report_none():
-    assert _learn("fomaml", 20).health().learner_metrics == {}
+    assert _learn("fomaml", 8).health().learner_metrics == {}
