@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from stream_meta.cli.checkpoint_inspect import describe_checkpoint
 from stream_meta.daemon.app import build_service
 from stream_meta.daemon.config import load_config
+from stream_meta.errors import CheckpointMismatchError
 from tests.daemon.test_service_file import _write
 
 
@@ -41,3 +42,14 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, algorithm, metric):
     assert describe_checkpoint(tmp_path / "c")["extra_sha256"] != b["extra_sha256"]
     value = registry.get_sample_value("stream_meta_learner_health", {"name": metric})
     assert value is not None and value > 0 and value != 1.0
+
+
+@pytest.mark.slow
+def test_another_network_width_is_refused_on_resume(tmp_path):
+    """The learned network's width fixes the checkpoint's shapes: a resume with another one
+    is an operator error, not a crash while loading."""
+    src = tmp_path / "in.jsonl"
+    _write(src, 60)
+    build_service(_cfg(tmp_path / "a", src, "lmml", max_records=50), CollectorRegistry()).run()
+    with pytest.raises(CheckpointMismatchError, match="net_hidden 8 \\(now 4\\)"):
+        build_service(_cfg(tmp_path / "a", src, "lmml", net_hidden=4, stop_at_end=True), CollectorRegistry()).run()
