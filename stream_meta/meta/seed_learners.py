@@ -84,7 +84,7 @@ class LMML(GradientMetaAlgorithm):
 
     name = "lmml"
 
-    def __init__(self, *, net_hidden: int = 16, net_bound: float = 1.0, **kwargs: Any) -> None:
+    def __init__(self, *, net_hidden: int = 16, net_bound: float = 0.1, **kwargs: Any) -> None:
         if kwargs.get("inner_loss") is not None:
             raise ValueError("lmml brings its own inner loss")
         super().__init__(**kwargs)
