@@ -311,9 +311,6 @@ class ANIL(GradientMetaAlgorithm):
 ALGORITHMS: dict[str, type[GradientMetaAlgorithm]] = {
     cls.name: cls for cls in (MAML, FOMAML, Reptile, MetaSGD, LaMAML, ANIL)
 }
-from stream_meta.meta.seed_learners import LMML, NeuralOptimizer  # noqa: E402 (they subclass the above)
-
-ALGORITHMS.update({cls.name: cls for cls in (NeuralOptimizer, LMML)})
 
 
 def get_algorithm(name: str, **kwargs: Any) -> GradientMetaAlgorithm:
