@@ -124,7 +124,7 @@ class RunConfig(BaseModel):
                                    "update rule's or loss's network; None = the algorithm's own (16)")
     net_bound: float | None = Field(None, gt=0, description="neural-optimizer, lmml only: bound on that network's "
                                     "outputs (rule: log step multiplier and direction; loss: the learned term); None = the algorithm's own "
-                                    "(2 for the rule, 0.1 for the loss)")
+                                    "(0.5 for the rule, 0.1 for the loss)")
     max_inner_lr: float = Field(10.0, gt=0, description="largest inner step size the algorithm accepts (a guard)")
     backend: Literal[BACKENDS] = Field("auto", description="meta-gradient engine, one of auto (the fastest "  # type: ignore[valid-type]
                                        "that applies, else the torch.func reference), reference, fast")

@@ -38,7 +38,7 @@ class NeuralOptimizer(GradientMetaAlgorithm):
 
     name = "neural-optimizer"
 
-    def __init__(self, *, net_hidden: int = 16, net_bound: float = 2.0, first_order: bool = False,
+    def __init__(self, *, net_hidden: int = 16, net_bound: float = 0.5, first_order: bool = False,
                  **kwargs: Any) -> None:
         if kwargs.get("rule") is not None:
             raise ValueError("neural-optimizer brings its own update rule")
