@@ -3,7 +3,8 @@
 Prints one row per (algorithm, meta-batch): tasks/s of the naive baseline (``copy``
 of the ``nn.Module`` per task; FOMAML: ``torch.optim.SGD`` inner steps, MAML: the
 learn2learn-style clone whose parameters stay differentiable; ``loss.backward()`` for
-the meta-gradient), of each engine of :mod:`stream_meta.meta.engines` through
+the meta-gradient; ``neural-optimizer`` and ``lmml`` are timed against naive MAML,
+which is what they compute at initialisation, so the agreement check holds for them too), of each engine of :mod:`stream_meta.meta.engines` through
 :func:`stream_meta.meta.meta_step`, and the speedup of the default (``auto``) over
 naive. Every implementation does the same meta-update (meta-gradient + Adam step) on
 the same random tasks in the same run; the implementations are called round-robin and
@@ -37,6 +38,11 @@ EXAMPLE = """example:
 """
 
 
+# The naive loop each algorithm is timed and checked against: itself, or (the seed's
+# learners) the algorithm it equals at initialisation.
+NAIVE_TWIN = {"maml": "maml", "fomaml": "fomaml", "neural-optimizer": "maml", "lmml": "maml", "gail-meta": "maml"}
+
+
 def _ints(text: str) -> list[int]:
     return [int(t) for t in text.split(",") if t]
 
@@ -54,7 +60,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--batches", type=_ints, default=[1, 8, 32], help="meta-batch sizes (default 1,8,32)")
     p.add_argument("--algorithms", type=_names, default=["maml", "fomaml"],
-                   help="maml, fomaml and/or gail-meta (its own per-task loop; naive = MAML's clone loop as a yardstick)")
+                   help=f"of {','.join(NAIVE_TWIN)} (default maml,fomaml)")
     p.add_argument("--engines", type=_names, default=["auto", "reference"],
                    help="engines to time: auto, reference, fast (default auto,reference)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -77,9 +83,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     args = p.parse_args(argv)
-    bad = [a for a in args.algorithms if a not in ("maml", "fomaml", "gail-meta")]
+    bad = [a for a in args.algorithms if a not in NAIVE_TWIN]
     if bad:
-        p.error(f"--algorithms takes maml,fomaml,gail-meta; got {bad}")
+        p.error(f"--algorithms takes {','.join(NAIVE_TWIN)}; got {bad}")
     if args.ways > args.sizes[-1]:
         p.error("--ways must not exceed the model's output size")
     return args
@@ -149,7 +155,7 @@ def agreement(alg_name: str, args: argparse.Namespace, init: dict[str, torch.Ten
     tasks = [Episode(e.task, e.support_x.double(), e.support_y, e.query_x.double(), e.query_y) for e in tasks]
     model = build_mlp(args.sizes).to(device).double()
     model.load_state_dict(init)
-    naive_step(alg_name, model, torch.optim.SGD(model.parameters(), lr=0.0), tasks, args.steps, args.lr)
+    naive_step(NAIVE_TWIN[alg_name], model, torch.optim.SGD(model.parameters(), lr=0.0), tasks, args.steps, args.lr)
     ref = {k: p.grad for k, p in model.named_parameters()}
     worst = 0.0
     for engine in args.engines:
@@ -222,12 +228,12 @@ def run(args: argparse.Namespace) -> list[dict]:
             naive_model.load_state_dict(init)
             naive_opt = torch.optim.Adam(naive_model.parameters(), lr=1e-4)
             fns: dict[str, Callable[[], object]] = {
-                "naive": partial(naive_step, alg_name, naive_model, naive_opt, tasks, args.steps, args.lr)
+                "naive": partial(naive_step, NAIVE_TWIN[alg_name], naive_model, naive_opt, tasks, args.steps, args.lr)
             }
             for engine in args.engines:
                 alg = get_algorithm(alg_name, backend=engine)
                 params = {k: v.clone().requires_grad_() for k, v in init.items()}
-                extra = alg.init_extra(params)
+                extra = {k: v.requires_grad_() for k, v in alg.init_extra(params).items()}
                 opt = torch.optim.Adam([*params.values(), *extra.values()], lr=1e-4)
                 fns[engine] = partial(
                     meta_step, alg, template, params, extra, tasks, opt, steps=args.steps, lr=args.lr

@@ -43,6 +43,7 @@ def describe_checkpoint(directory: Path) -> dict:
         "config": m.get("config"),  # the settings it was written with (None before fingerprints)
         "bytes": m["bytes"],
         "meta_parameters_sha256": params_digest(learner["params"]),
-        # the algorithm's own meta-learned networks (gail-meta's generator and discriminator, step sizes...)
-        "extra_parameters_sha256": params_digest(learner.get("extra", {})),
+        # The algorithm's own meta-learned tensors (step sizes, a learned optimiser's or
+        # loss's network, gail-meta's generator and discriminator): a second digest, so the first keeps meaning "the model".
+        "extra_sha256": params_digest(learner.get("extra", {})),
     }

@@ -29,7 +29,7 @@ ENV_PREFIX = "STREAM_META_"
 
 # The values ``algorithm`` accepts, spelled out so loading a config needs no torch; a test
 # checks this list against the learners that exist (stream_meta.learn.learner.learner_names).
-ALGORITHM_CHOICES = ("maml", "fomaml", "reptile", "metasgd", "lamaml", "anil", "gail-meta", "sgd")
+ALGORITHM_CHOICES = ("maml", "fomaml", "reptile", "metasgd", "lamaml", "anil", "gail-meta", "neural-optimizer", "lmml", "sgd")
 # Learner defaults are the default preset's settings (stream_meta.learn.presets, chosen by `bench defaults`).
 _D = preset_settings(DEFAULT_PRESET)
 
@@ -125,12 +125,17 @@ class RunConfig(BaseModel):
     # The algorithms' own options, passed to the algorithm unchanged (see stream_meta.learn.config).
     loss: Literal[LOSSES] = Field("ce", description="inner-loop loss: ce (cross-entropy) or mse (squared error "  # type: ignore[valid-type]
                                   "of the logits against one-hot labels)")
-    first_order: bool = Field(False, description="metasgd, lamaml, anil only: first-order meta-gradient "
+    first_order: bool = Field(False, description="metasgd, lamaml, anil, neural-optimizer only: first-order meta-gradient "
                               "(no differentiation through the inner steps)")
     head: tuple[str, ...] | None = Field(None, description="anil only: parameter names the inner loop adapts, "
                                          "e.g. 2.weight,2.bias; None = the last layer")
     max_scale: float | None = Field(None, gt=0, description="metasgd, lamaml only: upper bound of the learned "
                                     "step-size multipliers; None = the algorithm's own (10)")
+    net_hidden: int | None = Field(None, ge=1, description="neural-optimizer, lmml only: width of the learned "
+                                   "update rule's or loss's network; None = the algorithm's own (16)")
+    net_bound: float | None = Field(None, gt=0, description="neural-optimizer, lmml only: bound on that network's "
+                                    "outputs (rule: log step multiplier and direction; loss: the learned term); None = the algorithm's own "
+                                    "(0.5 for the rule, 0.1 for the loss)")
     max_inner_lr: float = Field(10.0, gt=0, description="largest inner step size the algorithm accepts (a guard)")
     adversarial_weight: float | None = Field(None, ge=0, le=100, description="gail-meta only: weight of the "
                                              "generator's adversarial term next to the query loss; None = 0.1")
@@ -246,6 +251,7 @@ class RunConfig(BaseModel):
             first_order=self.first_order, head=self.head, max_scale=self.max_scale,
             adversarial_weight=self.adversarial_weight, generator_hidden=self.generator_hidden,
             expert_steps=self.expert_steps,
+            net_hidden=self.net_hidden, net_bound=self.net_bound,
             max_inner_lr=self.max_inner_lr, backend=self.backend,
         )
 

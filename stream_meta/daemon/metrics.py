@@ -224,6 +224,10 @@ class Metrics:
             "adaptation_gain", "Query loss before minus after the inner loop, last meta-update", namespace=NS, registry=r
         )
         self.adaptation_gain.set(math.nan)  # no meta-update yet
+        # The algorithm's own health metrics (neural-optimizer: update_norm_ratio; lmml:
+        # learned_loss_ratio, ...): names fixed in the algorithms' code, so a bounded label set.
+        self.learner_health = Gauge("learner_health", "The meta-algorithm's own health metrics, by name",
+                                    ["name"], namespace=NS, registry=r)
         # Two memories: past episodes mixed into the meta-batch, and past records joined to
         # the query set (MER / La-MAML style, --memory-capacity).
         self.replay_items = Gauge(

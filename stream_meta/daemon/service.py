@@ -429,6 +429,8 @@ class Service:
         for gauge, value in ((self.metrics.retained_accuracy, health.retained_accuracy),
                              (self.metrics.forgetting, health.forgetting)):
             gauge.set(math.nan if value is None else value)
+        for name, value in health.learner_metrics.items():
+            self.metrics.learner_health.labels(name).set(value)
         lag = self.source.lag() if self.source is not None else None
         if lag is not None:
             self.metrics.consumer_lag.set(lag)

@@ -11,7 +11,7 @@ them against :mod:`stream_meta.meta`.
 >>> InnerLoopConfig(algorithm="maml", first_order=True)
 Traceback (most recent call last):
 ...
-ValueError: first_order applies to anil, lamaml, metasgd, not maml (first-order MAML is fomaml)
+ValueError: first_order applies to anil, lamaml, metasgd, neural-optimizer, not maml (first-order MAML is fomaml)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-META_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "lamaml", "anil", "gail-meta")
+META_ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "lamaml", "anil", "gail-meta", "neural-optimizer", "lmml")
 LOSSES = ("ce", "mse")
 BACKENDS = ("auto", "reference", "fast")
 MEMORY_POLICIES = ("reservoir", "task", "class")
@@ -27,12 +27,14 @@ REGULARIZERS = ("none", "ewc", "si", "mas")
 
 # Options only some algorithms take (their constructor arguments beyond the shared ones).
 ALGORITHM_OPTIONS: dict[str, tuple[str, ...]] = {
-    "first_order": ("anil", "lamaml", "metasgd"),
+    "first_order": ("anil", "lamaml", "metasgd", "neural-optimizer"),
     "head": ("anil",),
     "max_scale": ("lamaml", "metasgd"),
     "adversarial_weight": ("gail-meta",),
     "generator_hidden": ("gail-meta",),
     "expert_steps": ("gail-meta",),
+    "net_hidden": ("lmml", "neural-optimizer"),
+    "net_bound": ("lmml", "neural-optimizer"),
 }
 
 
@@ -64,7 +66,9 @@ class InnerLoopConfig:
     it unchanged: ``first_order`` (metasgd, lamaml, anil), ``head`` (anil: names of
     the parameters adapted; default the last layer), ``max_scale`` (metasgd, lamaml:
     bound of the learned step-size multipliers; ``None`` = the algorithm's default),
-    ``max_inner_lr`` and ``backend`` (every algorithm).
+    ``max_inner_lr`` and ``backend`` (every algorithm); ``net_hidden`` and ``net_bound``
+    (neural-optimizer, lmml: width of the learned rule's or loss's network and the bound
+    on its outputs; ``None`` = the algorithm's default).
     """
 
     algorithm: str = "fomaml"
@@ -74,6 +78,8 @@ class InnerLoopConfig:
     first_order: bool = False
     head: tuple[str, ...] | None = None
     max_scale: float | None = None
+    net_hidden: int | None = None
+    net_bound: float | None = None
     max_inner_lr: float = 10.0
     backend: str = "auto"
     adversarial_weight: float | None = None  # gail-meta: weight of the adversarial term (None = 0.1)
@@ -92,8 +98,10 @@ class InnerLoopConfig:
         _check(self.max_scale is None or self.max_scale > 0, f"max_scale must be > 0, got {self.max_scale}")
         _check(self.head is None or len(self.head) > 0, "head names at least one parameter")
         _check(self.algorithm != "gail-meta" or self.loss == "ce", "gail-meta generates a classifier head: loss must be ce")
-        for option, given in (("first_order", self.first_order), ("head", self.head), ("max_scale", self.max_scale),
-                              *((o, getattr(self, o)) for o in ("adversarial_weight", "generator_hidden", "expert_steps"))):
+        _check(self.net_hidden is None or self.net_hidden >= 1, f"net_hidden must be >= 1, got {self.net_hidden}")
+        _check(self.net_bound is None or self.net_bound > 0, f"net_bound must be > 0, got {self.net_bound}")
+        for option in ALGORITHM_OPTIONS:
+            given = getattr(self, option)
             takers = ALGORITHM_OPTIONS[option]
             hint = " (first-order MAML is fomaml)" if option == "first_order" and self.algorithm == "maml" else ""
             _check(given in (None, False) or self.algorithm in takers,

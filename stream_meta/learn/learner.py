@@ -41,6 +41,8 @@ from stream_meta.learn.probes import ForgettingProbe
 from stream_meta.learn.regularizers import build_regularizer
 from stream_meta.learn.replay import EpisodeReservoir, RecordMemory
 
+HEALTH_EVERY = 10  # meta-updates between two measures of the algorithm's own health metrics
+
 
 @dataclass
 class LearnReport:
@@ -69,7 +71,9 @@ class LearnerHealth:
     memory_bytes: int
     retained_accuracy: float | None
     forgetting: float | None
-    learner_stats: dict[str, float] = field(default_factory=dict)  # the algorithm's own gauges (e.g. gail_*_loss)
+    # The algorithm's own health metrics (e.g. neural-optimizer's update_norm_ratio,
+    # gail-meta's generator and discriminator losses), by name.
+    learner_metrics: dict[str, float] = field(default_factory=dict)
 
 
 class Learner(Protocol):
@@ -123,7 +127,6 @@ class OnlineMetaLearner:
         self.alg.adapted_names(self.model, self.params)  # an ANIL head naming no parameter fails here, not mid-stream
         # A generating algorithm (gail-meta) writes fast weights even with zero inner steps.
         self._adapts = inner_cfg.steps > 0 or getattr(self.alg, "generates", False)
-        self.learner_stats: dict[str, float] = {}
         self.extra: Params = {k: v.detach().clone().requires_grad_() for k, v in self.alg.init_extra(self.params).items()}
         self.optimizer = torch.optim.Adam([*self.params.values(), *self.extra.values()], lr=meta_cfg.meta_lr)
         self.episodes = EpisodeBuilder(meta_cfg.support_size, meta_cfg.query_size, meta_cfg.episode_stride, meta_cfg.max_tasks)
@@ -140,6 +143,7 @@ class OnlineMetaLearner:
         self._fast: OrderedDict[str, Params] = OrderedDict()  # fresh fast weights per task
         self.meta_updates = 0
         self.nonfinite_skips = 0
+        self._learner_metrics: dict[str, float] = {}
 
     # -- prediction ---------------------------------------------------------
     def fast_weights(self, task: str) -> Params:
@@ -331,7 +335,7 @@ class OnlineMetaLearner:
                           steps=self.inner_cfg.steps, lr=self.inner_cfg.lr,
                           adjust=penalise if self.reg is not None else None)
         report.stats = stats
-        self.learner_stats.update(stats.get("learner_stats", {}))
+        self._learner_metrics.update(stats.get("learner_stats", {}))
         if stats["nonfinite"]:  # the algorithm checked losses and gradients; nothing was updated
             self.nonfinite_skips += 1
             report.nonfinite_skips += 1
@@ -343,6 +347,16 @@ class OnlineMetaLearner:
         report.meta_updates += 1
         report.query_loss_before = stats.get("query_loss_before")
         report.query_loss_after = stats["query_loss"]
+        self._measure_health(self._as_targets(episode))
+
+    def _measure_health(self, episode: Episode) -> None:
+        """The algorithm's own health metrics on the new episode's support set, every
+        ``HEALTH_EVERY`` meta-updates (one extra adaptation: cheap next to a meta-step)."""
+        measure = getattr(self.alg, "health_metrics", None)
+        if measure is None or (self.meta_updates - 1) % HEALTH_EVERY:
+            return
+        self._learner_metrics = measure(self.model, self.params, self.extra, episode.support_x, episode.support_y,
+                                        steps=self.inner_cfg.steps, lr=self.inner_cfg.lr)
 
     # -- scale-out ------------------------------------------------------------
     def shared_tensors(self) -> dict[str, torch.Tensor]:
@@ -385,7 +399,7 @@ class OnlineMetaLearner:
             memory_bytes=self.memory.nbytes(),
             retained_accuracy=self.retained_accuracy,
             forgetting=self.forgetting,
-            learner_stats=dict(self.learner_stats),
+            learner_metrics=dict(self._learner_metrics),
         )
 
     def state_dict(self) -> dict:
@@ -400,7 +414,7 @@ class OnlineMetaLearner:
             "rng": self._rng.get_state(),
             "meta_updates": self.meta_updates,
             "nonfinite_skips": self.nonfinite_skips,
-            "learner_stats": dict(self.learner_stats),
+            "learner_metrics": dict(self._learner_metrics),
             "memory": self.memory.state_dict(),
             "regularizer": None if self.reg is None else self.reg.state_dict(),
             "last_task": self._last_task,
@@ -422,7 +436,7 @@ class OnlineMetaLearner:
         self._rng.set_state(state["rng"])
         self.meta_updates = int(state["meta_updates"])
         self.nonfinite_skips = int(state["nonfinite_skips"])
-        self.learner_stats = dict(state.get("learner_stats", {}))
+        self._learner_metrics = dict(state.get("learner_metrics", {}))
         self._fast = OrderedDict((e["task"], e["params"]) for e in state["fast"])
         if "memory" in state:  # checkpoints written before record replay existed lack these
             self.memory.load_state_dict(state["memory"])

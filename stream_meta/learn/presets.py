@@ -37,6 +37,7 @@ BASE: dict[str, Any] = {
     "regularizer": "none",
     "reg_strength": 0.0,
     "reg_decay": 1.0,
+    "first_order": False,
 }
 
 _ER = {"memory_capacity": 200, "memory_query": 10}  # record replay (MER / La-MAML), reservoir
@@ -63,6 +64,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "metasgd+er": {"algorithm": "metasgd", **_ER_TASK},
     # The seed's learners (README, "The seed's learners").
     "gail-meta": {"algorithm": "gail-meta"},
+    # the neural optimiser first-order like fomaml (its rule is still meta-learned); LMML
+    # second order (its loss learns only through the inner gradients)
+    "neural-optimizer": {"algorithm": "neural-optimizer", "first_order": True},
+    "lmml": {"algorithm": "lmml"},
 }
 
 # Chosen by `stream-meta bench defaults` (README, "Choosing the default learner").
@@ -91,7 +96,8 @@ def preset_groups(name: str) -> dict[str, Any]:
     ``meta_cfg``, ``replay_cfg``, ``reg_cfg``), as the daemon builds them from its settings."""
     s = preset_settings(name)
     return {
-        "inner_cfg": InnerLoopConfig(algorithm=s["algorithm"], steps=s["inner_steps"], lr=s["inner_lr"]),
+        "inner_cfg": InnerLoopConfig(algorithm=s["algorithm"], steps=s["inner_steps"], lr=s["inner_lr"],
+                                     first_order=s["first_order"]),
         "meta_cfg": MetaStepConfig(meta_lr=s["meta_lr"], support_size=s["support_size"], query_size=s["query_size"],
                                    episode_stride=s["episode_stride"], replay_per_update=s["replay_per_update"]),
         "replay_cfg": ReplayConfig(episode_capacity=s["replay_capacity"], memory_capacity=s["memory_capacity"],

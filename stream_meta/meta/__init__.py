@@ -2,7 +2,8 @@
 ``torch.func.functional_call``, tasks of a meta-batch are vectorised.
 
 Public API: :class:`Episode`; :func:`get_algorithm` / :data:`ALGORITHMS` (``maml``,
-``fomaml``, ``reptile``, ``metasgd``, ``lamaml``, ``anil``), each with ``init_extra``,
+``fomaml``, ``reptile``, ``metasgd``, ``lamaml``, ``anil``; the seed's ``neural-optimizer``
+and ``lmml`` from ``seed_learners``), each with ``init_extra``,
 ``adapt``, ``meta_gradient``, ``project_extra``; :func:`meta_step`; the two pluggable
 parts of the inner loop, :class:`UpdateRule` (:class:`SGD`, :class:`LearnedStepSizes`)
 and :class:`InnerLoss` (``LOSSES``: ``ce``, ``mse``); :func:`loss`.
@@ -31,6 +32,11 @@ from stream_meta.meta.losses import LOSSES, InnerLoss
 from stream_meta.meta.reference import loss
 from stream_meta.meta.rules import SGD, LearnedStepSizes, UpdateRule
 from stream_meta.meta.spec import Episode, InnerLoop
+from stream_meta.meta.seed_learners import LMML, NeuralOptimizer
+
+# Registered here, not in algorithms.py (they subclass its base class: no import cycle);
+# importing any stream_meta.meta module runs this first.
+ALGORITHMS.update({cls.name: cls for cls in (NeuralOptimizer, LMML)})
 
 ALGORITHMS[GAILMeta.name] = GAILMeta  # registered here: gail builds on algorithms, so it cannot be listed there
 
@@ -47,6 +53,8 @@ __all__ = [
     "InnerLoop",
     "InnerLoss",
     "LaMAML",
+    "LMML",
+    "NeuralOptimizer",
     "LearnedStepSizes",
     "MetaAlgorithm",
     "MetaSGD",

@@ -32,7 +32,10 @@ from stream_meta.model import Params
 
 def _task_loss(model: nn.Module, kind: InnerLoss, params: Params, meta: Params, x: torch.Tensor,
                y: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    return reduce_rows(kind.rows(functional_call(model, params, (x,)), y, meta), weights)
+    out = functional_call(model, params, (x,))
+    if getattr(kind, "set_statistics", False):  # it averages over the set: padding rows must not count
+        return reduce_rows(kind.rows(out, y, meta, weights=weights), weights)
+    return reduce_rows(kind.rows(out, y, meta), weights)
 
 
 def loss(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, kind: str | InnerLoss = "ce") -> torch.Tensor:

@@ -69,3 +69,16 @@ def test_naive_baseline_computes_the_same_meta_gradient(name):
     grads, _, _ = get_algorithm(name).meta_gradient(model, theta, {}, eps, steps=2, lr=0.3)
     for k, p in model.named_parameters():
         torch.testing.assert_close(theta[k] - p.detach(), grads[k], rtol=1e-10, atol=1e-12)
+
+
+def test_the_seed_learners_are_timed_against_naive_maml(tmp_path, capsys):
+    """neural-optimizer and lmml equal MAML at initialisation: the agreement check against
+    naive MAML holds, and they run on the reference engine."""
+    path = tmp_path / "bench.json"
+    argv = ["--batches", "2", "--algorithms", "neural-optimizer,lmml", "--sizes", "6,5,4", "--ways", "3",
+            "--shots", "2", "--queries", "2", "--repeats", "1", "--steps", "2", "--json", str(path)]
+    assert bench.main(argv) == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["algorithm"] for r in rows] == ["neural-optimizer", "lmml"]
+    assert all(r["engines"] == {"auto": "reference", "reference": "reference"} for r in rows)
+    assert all(0 <= r["max_rel_diff"] < 1e-6 and r["auto"] > 0 for r in rows)

@@ -125,13 +125,13 @@ def test_learner_reports_the_adversaries_losses_and_generates_with_zero_steps():
     cfg = ModelConfig(4, 3, (8,))
     m = OnlineMetaLearner(cfg, inner_cfg=InnerLoopConfig(algorithm="gail-meta", steps=0),
                           meta_cfg=MetaStepConfig(support_size=6, query_size=2, episode_stride=2))
-    assert m.health().learner_stats == {}
+    assert m.health().learner_metrics == {}
     g = torch.Generator().manual_seed(0)
     for i in range(12):
         x = torch.randn(4, generator=g)
         m.predict("t", x)
         m.learn("t", x, i % 3)
-    stats = m.health().learner_stats
+    stats = m.health().learner_metrics
     assert sorted(stats) == ["gail_discriminator_loss", "gail_generator_loss"]
     assert all(v == v and abs(v) < 1e6 for v in stats.values())
     fast = m.fast_weights("t")  # generated, zero gradient steps: the head differs from the meta-parameters
@@ -170,7 +170,7 @@ def test_resumed_deterministic_file_run_equals_an_uninterrupted_one(tmp_path):
     assert resumed["accuracy_by_task_position"] == whole["accuracy_by_task_position"]
     a, b = describe_checkpoint(tmp_path / "a" / "ckpt"), describe_checkpoint(tmp_path / "b" / "ckpt")
     assert a["meta_parameters_sha256"] == b["meta_parameters_sha256"]
-    assert a["extra_parameters_sha256"] == b["extra_parameters_sha256"]
+    assert a["extra_sha256"] == b["extra_sha256"]
     fresh = build_service(_cfg(tmp_path / "c", src, max_records=1, **kw), CollectorRegistry())
     fresh.run()
-    assert describe_checkpoint(tmp_path / "c" / "ckpt")["extra_parameters_sha256"] != a["extra_parameters_sha256"]
+    assert describe_checkpoint(tmp_path / "c" / "ckpt")["extra_sha256"] != a["extra_sha256"]

@@ -1,0 +1,131 @@
+"""The neural optimiser and LMML: their own meta-parameters get the meta-gradients finite
+differences measure (float64), at initialisation they are exactly SGD/MAML, their
+outputs stay within their bounds, and the guards hold."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.meta.helpers import random_episodes
+from stream_meta.meta import get_algorithm, meta_step
+from stream_meta.meta.learned_loss import LearnedLoss
+from stream_meta.meta.neural_optimizer import CoordinatewiseMLP
+
+# Second order: the total derivative, as differences see it (first order drops a part of it).
+CASES = [("neural-optimizer", {}), ("lmml", {})]
+
+
+def _theta(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def _moved(extra, seed=0, scale=0.3):
+    """``extra`` away from its initial point (there the first layer's gradient is 0)."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + scale * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in extra.items()}
+
+
+@pytest.mark.parametrize("name,options", CASES)
+def test_meta_gradients_of_the_learners_own_parameters_equal_finite_differences(tanh_mlp, name, options):
+    theta = _theta(tanh_mlp)
+    eps = random_episodes(3, in_dim=3, classes=3)
+    alg = get_algorithm(name, **options)
+    extra = _moved(alg.init_extra(theta))
+    _, extra_grads, stats = alg.meta_gradient(tanh_mlp, theta, extra, eps, steps=2, lr=0.3)
+    assert not stats["nonfinite"]
+    h = 1e-6
+    for key, value in extra.items():
+        for idx in [(0,) * value.dim(), tuple(s - 1 for s in value.shape)]:
+            def at(delta):
+                shifted = value.clone()
+                shifted[idx] += delta
+                return alg.meta_gradient(tanh_mlp, theta, {**extra, key: shifted}, eps, steps=2, lr=0.3)[2]["query_loss"]
+
+            want = (at(h) - at(-h)) / (2 * h)
+            assert extra_grads[key][idx].item() == pytest.approx(want, rel=1e-5, abs=1e-9), (key, idx)
+    assert any(float(v.abs().max()) > 1e-6 for v in extra_grads.values())
+
+
+@pytest.mark.parametrize("name,options,equal_to", [("neural-optimizer", {}, "maml"), ("lmml", {}, "maml"),
+                                                  ("neural-optimizer", {"first_order": True}, "fomaml")])
+def test_at_initialisation_they_are_sgd_and_maml(tanh_mlp, name, options, equal_to):
+    """Same fast weights and the same meta-gradient of the model's parameters as the rule
+    and loss they start as."""
+    theta = _theta(tanh_mlp)
+    eps = random_episodes(3, in_dim=3, classes=3)
+    alg, base = get_algorithm(name, **options), get_algorithm(equal_to)
+    extra = alg.init_extra(theta)
+    ep = eps[0]
+    ours = alg.adapt(tanh_mlp, theta, extra, ep.support_x, ep.support_y, steps=3, lr=0.3)
+    theirs = base.adapt(tanh_mlp, theta, {}, ep.support_x, ep.support_y, steps=3, lr=0.3)
+    grads, _, stats = alg.meta_gradient(tanh_mlp, theta, extra, eps, steps=3, lr=0.3)
+    base_grads, _, base_stats = base.meta_gradient(tanh_mlp, theta, {}, eps, steps=3, lr=0.3)
+    for k in theta:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(grads[k], base_grads[k], rtol=1e-10, atol=1e-12)
+    assert stats["query_loss"] == pytest.approx(base_stats["query_loss"], rel=1e-12)
+    # ... and no longer once their own parameters have moved.
+    moved = alg.adapt(tanh_mlp, theta, _moved(extra), ep.support_x, ep.support_y, steps=3, lr=0.3)
+    assert any(not torch.allclose(moved[k], theirs[k]) for k in theta)
+
+
+def test_the_neural_optimisers_update_is_bounded():
+    rule = CoordinatewiseMLP(hidden=8, bound=1.5)
+    p, g = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
+    meta = {k: 100 * torch.ones_like(v) for k, v in rule.init_params({"w": p}, ("w",)).items()}
+    state = rule.init_state({"w": p}, meta)
+    new, state = rule.step({"w": p}, {"w": g}, state, meta, lr=0.1)
+    limit = 0.1 * (math.exp(1.5) * g.abs() + 1.5 * g.pow(2).mean().sqrt())
+    assert bool(((new["w"] - p).abs() <= limit + 1e-12).all())
+    assert state["t"] == 1 and len(state["m"]) == 3  # per-task optimiser state is carried
+
+
+def test_the_learned_loss_term_is_bounded_and_zero_at_init():
+    loss = LearnedLoss(hidden=8, bound=0.5)
+    out, y = 5 * torch.randn(7, 4, dtype=torch.float64), torch.randint(0, 4, (7,))
+    meta = loss.init_params({"b": torch.zeros(4, dtype=torch.float64)})
+    assert bool((loss.learned_term(out, y, meta) == 0).all())
+    big = {k: 100 * torch.ones_like(v) for k, v in meta.items()}
+    assert float(loss.learned_term(out, y, big).abs().max()) <= 0.5
+    with pytest.raises(ValueError, match="built for 4 classes"):
+        loss.learned_term(torch.zeros(7, 3, dtype=torch.float64), y % 3, meta)
+
+
+@pytest.mark.parametrize("name", ["neural-optimizer", "lmml"])
+def test_nonfinite_meta_parameters_are_skipped_and_counted(tanh_mlp, name):
+    theta = _theta(tanh_mlp)
+    eps = random_episodes(2, in_dim=3, classes=3)
+    alg = get_algorithm(name)
+    extra = alg.init_extra(theta)
+    key = sorted(extra)[-1]
+    extra[key] = torch.full_like(extra[key], math.nan)
+    params = {k: v.clone().requires_grad_() for k, v in theta.items()}
+    leaves = {k: v.clone().requires_grad_() for k, v in extra.items()}
+    opt = torch.optim.SGD([*params.values(), *leaves.values()], lr=0.1)
+    stats = meta_step(alg, tanh_mlp, params, leaves, eps, opt, steps=2, lr=0.3)
+    assert stats["nonfinite"]
+    assert all(torch.equal(params[k], theta[k]) for k in theta)
+
+
+@pytest.mark.parametrize("name,metric", [("neural-optimizer", "update_norm_ratio"), ("lmml", "learned_loss_ratio")])
+def test_health_metrics_start_at_one_and_move_with_the_learned_part(tanh_mlp, name, metric):
+    theta = _theta(tanh_mlp)
+    ep = random_episodes(1, in_dim=3, classes=3)[0]
+    alg = get_algorithm(name)
+    extra = alg.init_extra(theta)
+    at_init = alg.health_metrics(tanh_mlp, theta, extra, ep.support_x, ep.support_y, steps=2, lr=0.3)
+    assert at_init[metric] == pytest.approx(1.0, rel=1e-9)
+    moved = alg.health_metrics(tanh_mlp, theta, _moved(extra, scale=1.0), ep.support_x, ep.support_y, steps=2, lr=0.3)
+    assert moved[metric] != pytest.approx(1.0, rel=1e-3)
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="its own inner loss"):
+        get_algorithm("lmml", inner_loss="ce")
+    with pytest.raises(ValueError, match="bound"):
+        get_algorithm("neural-optimizer", net_bound=0.0)
+    with pytest.raises(ValueError, match="hidden"):
+        get_algorithm("lmml", net_hidden=0)
