@@ -117,7 +117,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
-    rest = [a for a in args.args if a != "--"]
+    # Only a leading "--" belongs to this parser; a later one passes flags on (e.g. bench
+    # fewshot's `stream-meta run` flags), so it stays.
+    rest = args.args[1:] if args.args[:1] == ["--"] else list(args.args)
     return importlib.import_module(BENCHES[args.name]).main(rest)
 
 
