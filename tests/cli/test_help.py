@@ -70,3 +70,10 @@ def test_produce_without_topic_or_dataset_says_which(capsys):
     assert capsys.readouterr().err.strip() == "stream-meta: error: produce needs --topic (try --list for the data sets)"
     assert main(["produce", "--topic", "t", "--dataset", "nope"]) == 2
     assert "unknown data set 'nope'" in capsys.readouterr().err
+
+
+def test_bench_passes_its_arguments_through_after_a_leading_double_dash(capsys):
+    from stream_meta.cli.main import main
+
+    assert main(["bench", "decode", "--", "--records", "20", "--dim", "8", "--repeats", "1"]) == 0
+    assert "batch v2 f32" in capsys.readouterr().out
