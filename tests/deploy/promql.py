@@ -64,3 +64,8 @@ def dashboard_exprs(dashboard: dict) -> list[tuple[str, str]]:
 
 def alert_exprs(rules: dict) -> list[tuple[str, str]]:
     return [(r.get("alert") or r.get("record"), r["expr"]) for g in rules["groups"] for r in g["rules"]]
+
+
+# Families exported only by some learners: the seed learners' own health metrics have no
+# series under the default learner the live stack runs (the family is registered, empty).
+LEARNER_SPECIFIC = frozenset({"stream_meta_learner_health"})
