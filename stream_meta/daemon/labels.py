@@ -56,20 +56,28 @@ class LabelDecoder:
     num_classes: int
     max_bytes: int = 1 << 16
 
-    def looks_like_label(self, value: bytes | None, headers: Headers = ()) -> bool:
-        """Cheap pre-check, no parsing: headers-only, or JSON that never mentions ``"x"``."""
+    def _shaped(self, value: bytes | None, headers: Headers) -> bool:
+        """Headers-only with id or y, or a JSON object of label size (no parsing)."""
         if not value:
             return any(k.lower() in ("id", "y") for k, _ in headers)
-        return len(value) <= self.max_bytes and b'"x"' not in value and value.lstrip()[:1] == b"{"
+        return len(value) <= self.max_bytes and value.lstrip()[:1] == b"{"
 
     def is_label(self, value: bytes | None, headers: Headers = ()) -> bool:
         """Shaped like a label and carrying an id (``{"y": 1}`` alone is a record missing ``x``)."""
-        if not self.looks_like_label(value, headers):
+        if not self._shaped(value, headers):
             return False
-        return b'"id"' in value if value else any(k.lower() == "id" for k, _ in headers)
+        if not value:
+            return any(k.lower() == "id" for k, _ in headers)
+        if b'"id"' not in value:
+            return False
+        try:  # a rejected message only (rare): parse it, so '"y": "x"' is not read as carrying x
+            obj = json.loads(bytes(value).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return True  # shaped like a label with an id: dead-lettered as label_not_json
+        return isinstance(obj, dict) and "id" in obj and "x" not in obj
 
     def decode(self, value: bytes | None, headers: Headers = (), *, require: bool = False) -> Label | None:
-        if not self.looks_like_label(value, headers):
+        if not self._shaped(value, headers):
             if require:
                 raise RecordError("not_a_label", "a label message has id and y and no x")
             return None

@@ -194,9 +194,12 @@ class Service:
         where = [(records[i].topic, records[i].partition, records[i].offset) for i in batch.index]
         tasks = self.router.route(batch.tasks, where)  # the record's task, or the detected one
         x = torch.from_numpy(batch.x)
-        predictions = self.learner.predict_batch(tasks, x).tolist() if len(batch) else []
+        predictions: list[int] = []
+        if len(batch):
+            predict_started = time.perf_counter()
+            predictions = self.learner.predict_batch(tasks, x).tolist()
+            self.metrics.inner_loop_seconds.observe(time.perf_counter() - predict_started)
         done = time.monotonic()
-        self.metrics.inner_loop_seconds.observe(time.perf_counter() - started)
         self.stats.predictions_emitted += len(batch)
         self.metrics.predictions.inc(len(batch))
         ys = batch.y.tolist()

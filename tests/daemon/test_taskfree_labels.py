@@ -32,6 +32,7 @@ def _late_label_stream(path, n=300, delay=40):
             lines.append(owed.pop(0)[1])
     lines += [label for _, label in owed]
     lines += [encode_label("nobody", 1), encode_label("r0", 2)]  # an unknown id, a second label for r0
+    lines += [b'{"id": "r3", "y": "x"}']  # a label whose y is the string "x": still a label, a bad one
     path.write_bytes(b"".join(line + b"\n" for line in lines))
     return n
 
@@ -42,9 +43,10 @@ def test_late_labels_are_learned_once_and_bad_ones_dead_lettered(tmp_path):
     s = build_service(_cfg(tmp_path, src), CollectorRegistry()).run()
     assert s["records_learned"] == n  # every record, the late-labelled ones once each
     assert s["predictions_emitted"] == n
-    assert s["rejected_by_reason"] == {"label_unknown_id": 1, "label_duplicate": 1}
+    assert s["rejected_by_reason"] == {"label_unknown_id": 1, "label_duplicate": 1, "label_y_not_integer": 1}
     dead = [json.loads(line) for line in (tmp_path / "ckpt" / "dead-letters.jsonl").read_text().splitlines()]
-    assert sorted(d["headers"]["stream_meta.reason"] for d in dead) == ["label_duplicate", "label_unknown_id"]
+    assert sorted(d["headers"]["stream_meta.reason"] for d in dead) == [
+        "label_duplicate", "label_unknown_id", "label_y_not_integer"]
 
 
 def test_late_labels_survive_a_restart_exactly_once(tmp_path):
