@@ -79,13 +79,18 @@ class _Rebalance(AsyncConsumerRebalanceListener):
 
 
 class KafkaSource:
-    """Consumes ``topic`` in consumer group ``group``.
+    """Consumes ``topic`` (and ``labels_topic``, if given) in consumer group ``group``.
 
     ``start_offsets`` (from the latest checkpoint) win over the group's committed
     offsets at start; ``on_revoke`` runs before partitions are taken away: the owner
     checkpoints and returns its offsets, which are committed before the hand-over so
     the next owner starts where this one stopped. It runs on kafka-python's IO thread:
     it must not call the consumer.
+
+    Both topics are one subscription, so one group assigns, checkpoints and commits the
+    partitions of both; with several members, labels must be co-partitioned with their
+    records (same key, same partition count: the default range assignor then gives
+    partition p of both topics to the same member).
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class KafkaSource:
         max_poll_records: int = 500,
         client_options: dict[str, Any] | None = None,
         connect_timeout_s: float = 60.0,
+        labels_topic: str | None = None,
     ) -> None:
         self.topic = topic
         self.on_revoke = on_revoke
@@ -120,7 +126,7 @@ class KafkaSource:
             ),
             bootstrap, connect_timeout_s,
         )
-        self._consumer.subscribe([topic], listener=_Rebalance(self))
+        self._consumer.subscribe([topic] + ([labels_topic] if labels_topic else []), listener=_Rebalance(self))
 
     def _assigned(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -141,7 +147,9 @@ class KafkaSource:
         out = []
         for tp in sorted(batches, key=lambda t: (t.topic, t.partition)):
             for m in batches[tp]:
-                out.append(RawRecord(m.topic, m.partition, m.offset, m.value, m.key, tuple(m.headers or ())))
+                # A timestamp of -1 means the message carries none (pre-0.10 message format).
+                ts = m.timestamp if m.timestamp is not None and m.timestamp >= 0 else None
+                out.append(RawRecord(m.topic, m.partition, m.offset, m.value, m.key, tuple(m.headers or ()), ts))
         return out
 
     def _rewind_past_end(self) -> None:
@@ -184,11 +192,14 @@ class KafkaSource:
         return total if known else None
 
     def lag_by_partition(self) -> dict[int, int]:
-        out = {}
+        # The records topic's partitions only: the metric's label is the partition number.
+        return {p: lag for (t, p), lag in self.partition_lags().items() if t == self.topic and lag is not None}
+
+    def partition_lags(self) -> dict[tuple[str, int], int | None]:
+        out: dict[tuple[str, int], int | None] = {}
         for tp in self._consumer.assignment():
-            high = self._consumer.highwater(tp)
-            if high is not None:
-                out[tp.partition] = max(0, high - self._consumer.position(tp))
+            high = self._consumer.highwater(tp)  # known after the partition's first fetch
+            out[(tp.topic, tp.partition)] = None if high is None else max(0, high - self._consumer.position(tp))
         return out
 
     def backlog_done(self) -> bool:

@@ -95,7 +95,7 @@ class Service:
         self._last_checkpoint = time.monotonic()
         self._last_record = time.monotonic()
         self.source: Source | None = None
-        self.batcher = Batcher(self.settings.learn_batch, self.settings.max_batch_wait_s)
+        self.batcher = Batcher(self.settings.learn_batch, self.settings.max_batch_wait_s, self.settings.labels_topic)
         self.sink_failures = SinkFailures(self.metrics, self.settings.dlq_failure_policy)
         self.connection = ConnectionWatch(self.metrics.source_errors, self.settings.session_timeout_s)
         self.progress = ProgressLine(self.settings.accuracy_window)
@@ -140,7 +140,8 @@ class Service:
                 busy_from = time.perf_counter()  # elapsed_seconds counts processing, never waiting
                 at_end = self.settings.stop_at_end and self.source.backlog_done()
                 processed = False
-                for records, arrived in self.batcher.ready(now, drain=at_end):
+                lags = self.source.partition_lags() if self.settings.labels_topic else None
+                for records, arrived in self.batcher.ready(now, drain=at_end, lags=lags):
                     if self._stop.is_set() or self._limit_reached():
                         break
                     self.process(records[:self._room()], arrived)
@@ -185,8 +186,12 @@ class Service:
         self.stats.records_consumed += len(records)
         self.metrics.records_consumed.inc(len(records))
         self._since_checkpoint += len(records)
+        # earlier records whose labels this batch brought: from the labels topic (which holds nothing
+        # else; its messages lead the batch, timed before its records), then from the records' topic
+        late = [j for j in (self._label(r) for r in records if r.topic == self.settings.labels_topic) if j]
+        last = records[-1]
+        records = [r for r in records if r.topic != self.settings.labels_topic]
         batch = self.decoder.decode([r.value for r in records], [r.headers for r in records])
-        late: list[Joined] = []  # earlier records whose labels this batch brought
         for i, exc in batch.rejected:
             joined = self._label(records[i], exc)
             if joined is not None:
@@ -229,19 +234,20 @@ class Service:
             learn_started = time.perf_counter()
             report = self.learner.learn_batch(learn_tasks, lx, ly)
             self.metrics.observe_meta_updates(time.perf_counter() - learn_started, report.meta_updates)
-            self._count_learning(records[-1], report, len(learn_tasks))
+            self._count_learning(last, report, len(learn_tasks))
             self.sync.after_learn(self.learner.meta_updates)  # averages with the group when due
         if len(batch) or learn_tasks:
             self.metrics.step_seconds.observe(time.perf_counter() - started)
 
-    def _label(self, raw: RawRecord, exc: RecordError) -> Joined | None:
-        """A rejected message that is a label for an earlier record: joined to it, or dead-lettered
-        with a label reason. Anything else is dead-lettered with the record's reason."""
-        if not self.labels.is_label(raw.value, raw.headers):
+    def _label(self, raw: RawRecord, exc: RecordError | None = None) -> Joined | None:
+        """A message that is a label for an earlier record: joined to it, or dead-lettered with a
+        label reason. ``exc``: why the records' decoder rejected it (a non-label is dead-lettered
+        with that reason); None on the labels topic, where a non-label is ``not_a_label``."""
+        if exc is not None and not self.labels.is_label(raw.value, raw.headers):
             self._reject(raw, exc)
             return None
         try:
-            label = self.labels.decode(raw.value, raw.headers)
+            label = self.labels.decode(raw.value, raw.headers, require=exc is None)
         except RecordError as bad:
             self._reject(raw, bad)
             return None
