@@ -16,11 +16,13 @@ uninterrupted one did: with ``--deterministic`` the learning is the same, batch 
 [[8]]
 
 With a ``labels_topic`` the two topics are merged by message time (Kafka Streams'
-rule): each records block goes with the labels timed before its first record, and only
-once every labels partition shows a label timed at or after it or is caught up (nothing
-left to fetch); labels alone go, in aligned blocks, once every records partition is
-caught up. The merged order is then a function of the logs, not of fetch timing, so a
-restored daemon learns late labels exactly where an uninterrupted one did.
+rule): a records block goes once every labels partition shows a label timed at or after
+its first record or is caught up (nothing left to fetch), preceded by the labels timed
+before it, ``size`` at a time; the labels after the last record go, in aligned blocks, once
+every records partition is caught up. The merged order is then a function of the logs,
+not of fetch timing, so a restored daemon learns late labels exactly where an
+uninterrupted one did; at ``size`` 1 it learns exactly what it would from one topic holding
+both in time order.
 """
 
 from __future__ import annotations
@@ -107,11 +109,12 @@ class Batcher:
                 if before is None:  # a label timed before this block may still be on its way
                     self._blocked = True
                     return out
-                labels = [self._take(k, n, now) for k, n in before]
-                block, arrived = self._take(key, cut, now)
-                out.append(([r for rs, _ in labels for r in rs] + block, [t for _, ts in labels for t in ts] + arrived))
-                for k, _ in before:
+                for k, n in before:
+                    while n:
+                        out.append(self._take(k, min(n, self.size), now))
+                        n -= min(n, self.size)
                     self._forget_empty(k)
+                out.append(self._take(key, cut, now))
             self._forget_empty(key)
         if all(caught_up(k) for k in {*self._held, *lags} if k[0] != self.labels_topic):
             for key in label_keys:  # their records were all learned or are not in the logs

@@ -187,7 +187,7 @@ class Service:
         self.metrics.records_consumed.inc(len(records))
         self._since_checkpoint += len(records)
         # earlier records whose labels this batch brought: from the labels topic (which holds nothing
-        # else; its messages lead the batch, timed before its records), then from the records' topic
+        # else; the batcher merges it in by message time), or among the records' topic's messages
         late = [j for j in (self._label(r) for r in records if r.topic == self.settings.labels_topic) if j]
         last = records[-1]
         records = [r for r in records if r.topic != self.settings.labels_topic]
