@@ -228,7 +228,8 @@ class Service:
                 tasks_before = self.stats.tasks_seen
                 self.stats.observe_prediction(task, correct)
                 self.metrics.observe_prediction(task, correct, self.stats.tasks_seen > tasks_before)
-            learn_tasks, found = self.router.assign(self.learner, learn_tasks, lx, ly, lwhere)
+            arrived = [self.stats.records_consumed] * len(rows) + [j.record.arrived for j in late]
+            learn_tasks, found = self.router.assign(self.learner, learn_tasks, lx, ly, lwhere, arrived)
             for boundary in found:
                 self.metrics.tasks_found.labels(boundary.kind).inc()
             learn_started = time.perf_counter()
