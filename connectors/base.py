@@ -43,6 +43,9 @@ class Source(Protocol):
     def partition_lags(self) -> dict[tuple[str, int], int | None]:
         """Every assigned (topic, partition): records not yet returned by ``poll`` (None: end not known yet)."""
 
+    def pause_only(self, partitions: set[tuple[str, int]]) -> None:
+        """Stops fetching ``partitions`` (the owner holds enough of them) and resumes every other one."""
+
     def backlog_done(self) -> bool:
         """True once every record present when the source started was returned."""
 

@@ -110,6 +110,7 @@ class KafkaSource:
         self.on_revoke = on_revoke
         self._start = dict(start_offsets or {})
         self._targets: dict[TopicPartition, int] | None = None
+        self._paused_logged = -math.inf
         self._session_timeout_s = (client_options or {}).get("session_timeout_ms", 10000) / 1000
         # Fetch sizes stay kafka-python's defaults: max_partition_fetch_bytes is a soft limit
         # (KIP-74, the broker returns a first batch larger than it), so records of any size the
@@ -180,6 +181,29 @@ class KafkaSource:
 
     def positions(self) -> Offsets:
         return {(tp.topic, tp.partition): self._consumer.position(tp) for tp in self._consumer.assignment()}
+
+    def pause_only(self, partitions: set[tuple[str, int]]) -> None:
+        want = {TopicPartition(t, p) for t, p in partitions} & self._consumer.assignment()
+        paused = self._consumer.paused()
+        if want - paused:
+            if time.monotonic() - self._paused_logged >= 60:  # a catch-up pauses often: one line a minute
+                self._paused_logged = time.monotonic()
+                log.info("pausing %s: enough of it is held until the other topic's messages timed before "
+                         "it are read", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(want - paused)))
+            self._consumer.pause(*(want - paused))
+        if paused - want:
+            self._consumer.resume(*(paused - want))
+        self._unpark()  # also later: the slot may be exhausted only polls after the resume
+
+    def _unpark(self) -> None:
+        """kafka-python 3.0 parks what it had fetched for a partition when it is paused, and on
+        resume hands it back only if its in-line slot is None; an exhausted slot (falsy, not
+        None) keeps the records parked and the partition unfetched for ever (the daemon stalls,
+        seen with 3.0.12). An exhausted slot holds nothing, so emptying it loses nothing."""
+        fetcher = getattr(self._consumer, "_fetcher", None)  # private: absent or different in other versions
+        current = getattr(fetcher, "_next_partition_records", None)
+        if current is not None and not current:
+            fetcher._next_partition_records = None
 
     def lag(self) -> int | None:
         total, known = 0, False

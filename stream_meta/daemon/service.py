@@ -24,6 +24,7 @@ from stream_meta.daemon.batching import Batcher
 from stream_meta.daemon.checkpoint import CheckpointStore
 from stream_meta.daemon.config import ServiceSettings
 from stream_meta.daemon.deadletters import SinkFailures, dead_letter
+from stream_meta.daemon.merge import TimeMerge
 from stream_meta.daemon.metrics import Metrics
 from stream_meta.daemon.stats import RunStats
 from stream_meta.daemon.sync import NoSync, Sync
@@ -95,7 +96,8 @@ class Service:
         self._last_checkpoint = time.monotonic()
         self._last_record = time.monotonic()
         self.source: Source | None = None
-        self.batcher = Batcher(self.settings.learn_batch, self.settings.max_batch_wait_s, self.settings.labels_topic)
+        self.batcher = (TimeMerge(self.settings.learn_batch, self.settings.max_batch_wait_s, self.settings.labels_topic)
+                        if self.settings.labels_topic else Batcher(self.settings.learn_batch, self.settings.max_batch_wait_s))
         self.sink_failures = SinkFailures(self.metrics, self.settings.dlq_failure_policy)
         self.connection = ConnectionWatch(self.metrics.source_errors, self.settings.session_timeout_s)
         self.progress = ProgressLine(self.settings.accuracy_window)
@@ -147,6 +149,8 @@ class Service:
                     self.process(records[:self._room()], arrived)
                     processed = True
                 self.sync.after_learn(self.learner.meta_updates)  # also idle: time-based rounds (--sync-every-s)
+                if lags is not None:  # a labels topic: stop fetching what the merge cannot use yet
+                    self.source.pause_only(self.batcher.full())
                 if polled or at_end:
                     self.stats.elapsed_seconds += time.perf_counter() - busy_from
                 if processed:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from connectors.base import RawRecord
 from stream_meta.daemon.app import build_service
-from stream_meta.daemon.batching import Batcher
+from stream_meta.daemon.merge import TimeMerge
 from stream_meta.daemon.config import load_config
 from stream_meta.daemon.labels import encode_label
 from stream_meta.daemon.records import encode
@@ -41,28 +41,35 @@ def _logs(n: int = 60, delay: int = 7, seed: int = 0) -> dict[tuple[str, int], l
     return logs
 
 
-def _replay(logs, size: int, rng: random.Random, restart_every: int | None = None) -> list[list[tuple[str, int]]]:
-    """Feeds the logs to a Batcher in random fetch chunks (records of one partition in order,
-    partitions in random turns) and returns the batches it hands out; optionally a fresh
-    Batcher resumes from the processed offsets every few batches (a restore)."""
+def _replay(logs, size: int, rng: random.Random, restart_every: int | None = None, hold_limit: int = 8,
+            labels_weight: int = 1) -> list[list[tuple[str, int]]]:
+    """Feeds the logs to a TimeMerge in random fetch chunks (records of one partition in order,
+    partitions in random turns, the labels ``labels_weight`` times as often, none from a
+    partition the merge reports full) and returns the batches it hands out; optionally a
+    fresh one resumes from the processed offsets every few batches (a restore)."""
     pos = {k: 0 for k in logs}  # next offset to fetch
     done = {k: 0 for k in logs}  # next offset to process (a checkpoint's offsets)
-    batcher, out, since_restart = Batcher(size, 3600.0, LABELS), [], 0
-    while any(done[k] < len(logs[k]) for k in logs):
-        key = rng.choice([k for k in logs if pos[k] < len(logs[k])] or list(logs))
-        n = rng.randint(0, 5)
-        batcher.add(logs[key][pos[key]:pos[key] + n], now=0.0)
-        pos[key] = min(len(logs[key]), pos[key] + n)
+    merge, out, since_restart = TimeMerge(size, 3600.0, LABELS, hold_limit), [], 0
+    for _ in range(100_000):
+        if all(done[k] == len(logs[k]) for k in logs):
+            return out
+        assert all(len(h) <= merge.hold_limit + 5 for h in merge._held.values())  # fetching is bounded
+        open_keys = [k for k in logs if pos[k] < len(logs[k]) and k not in merge.full()]
+        if open_keys:
+            key = rng.choice([k for k in open_keys for _ in range(labels_weight if k[0] == LABELS else 1)])
+            n = rng.randint(0, 5)
+            merge.add(logs[key][pos[key]:pos[key] + n], now=0.0)
+            pos[key] = min(len(logs[key]), pos[key] + n)
         lags = {k: len(logs[k]) - pos[k] for k in logs}
-        for batch, _ in batcher.ready(0.0, drain=all(v == 0 for v in lags.values()), lags=lags):
+        for batch, _ in merge.ready(0.0, drain=all(v == 0 for v in lags.values()), lags=lags):
             out.append([(r.topic, r.offset) for r in batch])
             for r in batch:
                 done[(r.topic, r.partition)] = r.offset + 1
             since_restart += 1
             if restart_every and since_restart >= restart_every:  # kill -9 after this batch's checkpoint
-                batcher, pos, since_restart = Batcher(size, 3600.0, LABELS), dict(done), 0
+                merge, pos, since_restart = TimeMerge(size, 3600.0, LABELS, hold_limit), dict(done), 0
                 break
-    return out
+    raise AssertionError(f"the merge stalled: {len(out)} batches, processed up to {done}")
 
 
 @pytest.mark.parametrize("size", [1, 4])
@@ -70,6 +77,9 @@ def test_the_merge_does_not_depend_on_fetch_timing_or_restarts(size):
     logs = _logs()
     runs = [_replay(logs, size, random.Random(seed)) for seed in range(12)]
     runs += [_replay(logs, size, random.Random(seed), restart_every=3) for seed in range(12, 20)]
+    # labels fetched far ahead of (or behind) their records, with a small hold limit: paused, never stalled
+    runs += [_replay(logs, size, random.Random(seed), hold_limit=2 * size, labels_weight=w)
+             for seed, w in ((20, 8), (21, 8), (22, 1), (23, 8))]
     assert all(run == runs[0] for run in runs)
     flat = [m for batch in runs[0] for m in batch]
     assert sorted(flat) == sorted((k[0], r.offset) for k, rs in logs.items() for r in rs)  # each once
@@ -89,7 +99,7 @@ def test_the_merge_does_not_depend_on_fetch_timing_or_restarts(size):
 
 
 def test_a_records_block_waits_for_a_labels_partition_not_yet_fetched():
-    b = Batcher(1, 3600.0, LABELS)
+    b = TimeMerge(1, 3600.0, LABELS)
     b.add([RawRecord(RECORDS, 0, 0, b"r0", timestamp_ms=100)], now=0.0)
     assert b.ready(0.0, lags={(RECORDS, 0): 0, (LABELS, 0): None}) == []  # the labels' end is not known yet
     assert b.wait_s(0.0) is None  # the poll waits for the fetch, it does not spin
@@ -111,12 +121,17 @@ class _TwoTopics:
         self.logs, self.rng, self.stop = logs, random.Random(seed), stop
         self.pos = {k: start.get(k, 0) for k in logs}
         self.polls = 0
+        self.paused: set = set()
+        self.ever_paused: set = set()
 
     def poll(self, timeout_s):
         self.polls += 1
         if self.stop is not None and self.polls == self.stop[0]:
             self.stop[1]()  # a stop between two batches (as a kill -9 right after a checkpoint)
-        key = self.rng.choice(list(self.logs))
+        keys = [k for k in self.logs if k not in self.paused]
+        if not keys:
+            return []
+        key = self.rng.choice(keys)
         n = self.rng.randint(1, 40)
         out = self.logs[key][self.pos[key]:self.pos[key] + n]
         self.pos[key] += len(out)
@@ -127,6 +142,10 @@ class _TwoTopics:
 
     def backlog_done(self):
         return all(v == 0 for v in self.partition_lags().values())
+
+    def pause_only(self, partitions):
+        self.paused = set(partitions)
+        self.ever_paused |= self.paused
 
     def commit(self, offsets): pass
     def lag(self): return sum(self.partition_lags().values())
@@ -156,15 +175,19 @@ def _service(tmp_path, name, logs, seed, stop_at_poll=None, **kw):
     svc = build_service(cfg, CollectorRegistry())
     # the labels topic needs Kafka in the config; the loop itself only needs a source of two topics
     svc.settings = dataclasses.replace(svc.settings, labels_topic=LABELS)
-    svc.batcher = Batcher(svc.settings.learn_batch, svc.settings.max_batch_wait_s, LABELS)
+    svc.batcher = TimeMerge(svc.settings.learn_batch, svc.settings.max_batch_wait_s, LABELS, hold_limit=16)
     stop = None if stop_at_poll is None else (stop_at_poll, svc.request_stop)
-    svc.open_source = lambda offsets, on_revoke: _TwoTopics(logs, offsets, seed, stop)
+    svc.open_source = lambda offsets, on_revoke: OPENED.append(_TwoTopics(logs, offsets, seed, stop)) or OPENED[-1]
     return svc
+
+
+OPENED: list[_TwoTopics] = []
 
 
 def test_labels_on_their_own_topic_are_learned_once_whatever_the_polls(tmp_path):
     (tmp_path / "unused.jsonl").write_bytes(b"")
     n, logs = _stream_logs()
+    OPENED.clear()
     a = _service(tmp_path, "a", logs, seed=1).run()
     b = _service(tmp_path, "b", logs, seed=2).run()
     part = _service(tmp_path, "c", logs, seed=3, stop_at_poll=9).run()  # stopped part-way, then resumed
@@ -176,6 +199,7 @@ def test_labels_on_their_own_topic_are_learned_once_whatever_the_polls(tmp_path)
         assert s["rejected_by_reason"] == {"not_a_label": 1, "label_duplicate": 1}
     assert a["prequential_accuracy"] == b["prequential_accuracy"] == c["prequential_accuracy"]
     assert a["meta_updates"] == b["meta_updates"] == c["meta_updates"]
+    assert any(src.ever_paused for src in OPENED)  # polls of up to 40 against a hold limit of 16
     dead = [json.loads(line) for line in (tmp_path / "a" / "dead-letters.jsonl").read_text().splitlines()]
     assert sorted(d["headers"]["source.topic"] + ":" + d["headers"]["stream_meta.reason"] for d in dead) == [
         "labels:label_duplicate", "labels:not_a_label"]

@@ -122,3 +122,25 @@ def test_late_labels_are_learned_once_across_kill_9_and_digest_matches(broker, t
     assert result["prequential_accuracy"] == reference["prequential_accuracy"]
     assert _digest(ckpt) == _digest(tmp_path / "ref")  # bit-identical to the uninterrupted run
     print(f"{where}, learn batch {learn_batch}: kill -9 cycles {kills}, learned {result['records_learned']}/{n}, digests equal")
+
+
+def test_records_far_ahead_of_their_labels_topic_pause_and_learn_as_one_topic(broker, tmp_path):
+    # The broker hands out the records' backlog first: the merge holds 1000 records waiting for
+    # labels timed before them, the source pauses the records partition, the labels come, it
+    # resumes (kafka-python 3.0 parks the paused partition's fetched data: it must come back).
+    n, topic = 1500, "late.far"
+    create_topics(broker.bootstrap, {topic: 1, f"{topic}.labels": 1, f"{topic}.one": 1})
+    _produce_late(broker.bootstrap, topic, f"{topic}.labels", n)
+    _produce_late(broker.bootstrap, f"{topic}.one", f"{topic}.one", n)
+    two = _daemon(broker.bootstrap, topic, "two", tmp_path / "two", tmp_path / "two.json", 0, "--stop-at-end",
+                  "--task-mode", "field", "--labels-topic", f"{topic}.labels")
+    one = _daemon(broker.bootstrap, f"{topic}.one", "one", tmp_path / "one", tmp_path / "one.json", 0,
+                  "--stop-at-end", "--task-mode", "field")
+    assert two.wait(timeout=300) == 0, two.stderr.read()
+    assert one.wait(timeout=300) == 0, one.stderr.read()
+    assert f"pausing {topic}[0]" in two.stderr.read()
+    summaries = [json.loads((tmp_path / f"{name}.json").read_text()) for name in ("two", "one")]
+    for s in summaries:
+        assert s["records_consumed"] == 2 * n and s["records_learned"] == n and s["rejected_by_reason"] == {}
+    assert summaries[0]["prequential_accuracy"] == summaries[1]["prequential_accuracy"]
+    assert _digest(tmp_path / "two") == _digest(tmp_path / "one")
