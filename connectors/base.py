@@ -18,6 +18,7 @@ class RawRecord:
     value: bytes | None
     key: bytes | None = None
     headers: tuple[tuple[str, bytes], ...] = ()  # e.g. content-type of wire format v2
+    timestamp_ms: int | None = None  # the message's time on the source (Kafka CreateTime/LogAppendTime), if any
 
     @property
     def where(self) -> str:
@@ -38,6 +39,12 @@ class Source(Protocol):
 
     def lag_by_partition(self) -> dict[int, int]:
         """Records behind the end of each assigned partition whose end is known (may be empty)."""
+
+    def partition_lags(self) -> dict[tuple[str, int], int | None]:
+        """Every assigned (topic, partition): records not yet returned by ``poll`` (None: end not known yet)."""
+
+    def pause_only(self, partitions: set[tuple[str, int]]) -> None:
+        """Stops fetching ``partitions`` (the owner holds enough of them) and resumes every other one."""
 
     def backlog_done(self) -> bool:
         """True once every record present when the source started was returned."""

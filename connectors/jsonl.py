@@ -70,6 +70,12 @@ class JsonlSource:
     def lag_by_partition(self) -> dict[int, int]:
         return {}
 
+    def partition_lags(self) -> dict[tuple[str, int], int | None]:
+        return {(self.topic, 0): 0 if self._eof else None}
+
+    def pause_only(self, partitions: set[tuple[str, int]]) -> None:
+        pass  # one file, read a poll at a time: nothing piles up
+
     def backlog_done(self) -> bool:
         return self._eof
 

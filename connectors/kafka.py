@@ -79,13 +79,18 @@ class _Rebalance(AsyncConsumerRebalanceListener):
 
 
 class KafkaSource:
-    """Consumes ``topic`` in consumer group ``group``.
+    """Consumes ``topic`` (and ``labels_topic``, if given) in consumer group ``group``.
 
     ``start_offsets`` (from the latest checkpoint) win over the group's committed
     offsets at start; ``on_revoke`` runs before partitions are taken away: the owner
     checkpoints and returns its offsets, which are committed before the hand-over so
     the next owner starts where this one stopped. It runs on kafka-python's IO thread:
     it must not call the consumer.
+
+    Both topics are one subscription, so one group assigns, checkpoints and commits the
+    partitions of both; with several members, labels must be co-partitioned with their
+    records (same key, same partition count: the default range assignor then gives
+    partition p of both topics to the same member).
     """
 
     def __init__(
@@ -99,11 +104,13 @@ class KafkaSource:
         max_poll_records: int = 500,
         client_options: dict[str, Any] | None = None,
         connect_timeout_s: float = 60.0,
+        labels_topic: str | None = None,
     ) -> None:
         self.topic = topic
         self.on_revoke = on_revoke
         self._start = dict(start_offsets or {})
         self._targets: dict[TopicPartition, int] | None = None
+        self._paused_logged = -math.inf
         self._session_timeout_s = (client_options or {}).get("session_timeout_ms", 10000) / 1000
         # Fetch sizes stay kafka-python's defaults: max_partition_fetch_bytes is a soft limit
         # (KIP-74, the broker returns a first batch larger than it), so records of any size the
@@ -120,7 +127,7 @@ class KafkaSource:
             ),
             bootstrap, connect_timeout_s,
         )
-        self._consumer.subscribe([topic], listener=_Rebalance(self))
+        self._consumer.subscribe([topic] + ([labels_topic] if labels_topic else []), listener=_Rebalance(self))
 
     def _assigned(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -141,7 +148,9 @@ class KafkaSource:
         out = []
         for tp in sorted(batches, key=lambda t: (t.topic, t.partition)):
             for m in batches[tp]:
-                out.append(RawRecord(m.topic, m.partition, m.offset, m.value, m.key, tuple(m.headers or ())))
+                # A timestamp of -1 means the message carries none (pre-0.10 message format).
+                ts = m.timestamp if m.timestamp is not None and m.timestamp >= 0 else None
+                out.append(RawRecord(m.topic, m.partition, m.offset, m.value, m.key, tuple(m.headers or ()), ts))
         return out
 
     def _rewind_past_end(self) -> None:
@@ -173,6 +182,29 @@ class KafkaSource:
     def positions(self) -> Offsets:
         return {(tp.topic, tp.partition): self._consumer.position(tp) for tp in self._consumer.assignment()}
 
+    def pause_only(self, partitions: set[tuple[str, int]]) -> None:
+        want = {TopicPartition(t, p) for t, p in partitions} & self._consumer.assignment()
+        paused = self._consumer.paused()
+        if want - paused:
+            if time.monotonic() - self._paused_logged >= 60:  # a catch-up pauses often: one line a minute
+                self._paused_logged = time.monotonic()
+                log.info("pausing %s: enough of it is held until the other topic's messages timed before "
+                         "it are read", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(want - paused)))
+            self._consumer.pause(*(want - paused))
+        if paused - want:
+            self._consumer.resume(*(paused - want))
+        self._unpark()  # also later: the slot may be exhausted only polls after the resume
+
+    def _unpark(self) -> None:
+        """kafka-python 3.0 parks what it had fetched for a partition when it is paused, and on
+        resume hands it back only if its in-line slot is None; an exhausted slot (falsy, not
+        None) keeps the records parked and the partition unfetched for ever (the daemon stalls,
+        seen with 3.0.12). An exhausted slot holds nothing, so emptying it loses nothing."""
+        fetcher = getattr(self._consumer, "_fetcher", None)  # private: absent or different in other versions
+        current = getattr(fetcher, "_next_partition_records", None)
+        if current is not None and not current:
+            fetcher._next_partition_records = None
+
     def lag(self) -> int | None:
         total, known = 0, False
         for tp in self._consumer.assignment():
@@ -184,11 +216,14 @@ class KafkaSource:
         return total if known else None
 
     def lag_by_partition(self) -> dict[int, int]:
-        out = {}
+        # The records topic's partitions only: the metric's label is the partition number.
+        return {p: lag for (t, p), lag in self.partition_lags().items() if t == self.topic and lag is not None}
+
+    def partition_lags(self) -> dict[tuple[str, int], int | None]:
+        out: dict[tuple[str, int], int | None] = {}
         for tp in self._consumer.assignment():
-            high = self._consumer.highwater(tp)
-            if high is not None:
-                out[tp.partition] = max(0, high - self._consumer.position(tp))
+            high = self._consumer.highwater(tp)  # known after the partition's first fetch
+            out[(tp.topic, tp.partition)] = None if high is None else max(0, high - self._consumer.position(tp))
         return out
 
     def backlog_done(self) -> bool:

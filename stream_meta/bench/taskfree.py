@@ -118,7 +118,7 @@ def run(s: Stream, setting: str, batch: int, seed: int = 0, detector: DetectorCo
 
     def learn(rows: list[int], tasks: list[str]) -> None:
         x, y = s.x[rows], s.y[rows]
-        tasks, found = router.assign(learner, tasks, x, y)
+        tasks, found = router.assign(learner, tasks, x, y, arrived=rows)  # a record's index is its arrival
         fired.extend((rows[b.fired], b.kind, b.task) for b in found)
         learner.learn_batch(tasks, x, y)
         for i, t in zip(rows, tasks):

@@ -82,6 +82,7 @@ def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:
             return KafkaSource(
                 bootstrap=cfg.bootstrap, topic=cfg.topic, group=cfg.group, start_offsets=offsets,
                 on_revoke=on_revoke, max_poll_records=cfg.max_poll_records, connect_timeout_s=cfg.connect_timeout_s,
+                labels_topic=cfg.labels_topic,
                 client_options={
                     **options,
                     "session_timeout_ms": cfg.session_timeout_ms,

@@ -14,6 +14,8 @@ uninterrupted one did: with ``--deterministic`` the learning is the same, batch 
 [[2, 3], [4, 5, 6, 7]]
 >>> [[r.offset for r in batch] for batch, arrived in b.ready(now=1.0, drain=True)]
 [[8]]
+
+A labels topic beside the records is merged in by :class:`stream_meta.daemon.merge.TimeMerge`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Batcher:
     def __init__(self, size: int, max_wait_s: float) -> None:
         self.size = size
         self.max_wait_s = max_wait_s
+        self._blocked = False  # a ready block waits for another partition to be fetched (TimeMerge)
         # (topic, partition) -> records not handed out yet, in offset order, with when each was polled
         self._held: OrderedDict[tuple[str, int], list[tuple[RawRecord, float]]] = OrderedDict()
         self._since: dict[tuple[str, int], float] = {}
@@ -42,30 +45,52 @@ class Batcher:
                 self._since[key] = now
             held.append((r, now))
 
-    def ready(self, now: float, drain: bool = False) -> list[tuple[list[RawRecord], list[float]]]:
-        """The batches that may be learned now, each with when its records were polled."""
+    def ready(
+        self, now: float, drain: bool = False, lags: dict[tuple[str, int], int | None] | None = None,
+    ) -> list[tuple[list[RawRecord], list[float]]]:
+        """The batches that may be learned now, each with when its records were polled.
+
+        ``lags`` (the source's ``partition_lags``) is read by :class:`TimeMerge` only.
+        """
         out: list[tuple[list[RawRecord], list[float]]] = []
         for key in list(self._held):
-            held = self._held[key]
-            while held:
-                block_end = (held[0][0].offset // self.size + 1) * self.size
-                cut = 0
-                while cut < len(held) and held[cut][0].offset < block_end:
-                    cut += 1
-                complete = cut < len(held) or held[cut - 1][0].offset == block_end - 1
-                if not (complete or drain or now - self._since[key] >= self.max_wait_s):
-                    break
-                out.append(([r for r, _ in held[:cut]], [t for _, t in held[:cut]]))
-                del held[:cut]
-                self._since[key] = now
-            if not held:
-                del self._held[key]
-                self._since.pop(key, None)
+            while cut := self._cut(key, now, drain):
+                out.append(self._take(key, cut, now))
+            self._forget_empty(key)
         return out
 
+    def full(self) -> set[tuple[str, int]]:
+        """Partitions whose fetching should pause: none here (every complete block goes at once)."""
+        return set()
+
+    def _cut(self, key: tuple[str, int], now: float, drain: bool) -> int:
+        """How many held records of ``key`` form its next block, if it may go now (else 0)."""
+        held = self._held.get(key)
+        if not held:
+            return 0
+        block_end = (held[0][0].offset // self.size + 1) * self.size
+        cut = 0
+        while cut < len(held) and held[cut][0].offset < block_end:
+            cut += 1
+        complete = cut < len(held) or held[cut - 1][0].offset == block_end - 1
+        return cut if complete or drain or now - self._since[key] >= self.max_wait_s else 0
+
+    def _take(self, key: tuple[str, int], cut: int, now: float) -> tuple[list[RawRecord], list[float]]:
+        held = self._held[key]
+        taken = held[:cut]
+        del held[:cut]
+        self._since[key] = now
+        return [r for r, _ in taken], [t for _, t in taken]
+
+    def _forget_empty(self, key: tuple[str, int]) -> None:
+        if key in self._held and not self._held[key]:
+            del self._held[key]
+            self._since.pop(key, None)
+
     def wait_s(self, now: float) -> float | None:
-        """How long until the oldest held block is due anyway (None: nothing held)."""
-        if not self._since:
+        """How long until the oldest held block is due anyway (None: nothing held, or a block
+        waits for labels to be fetched: the poll returns as soon as they come)."""
+        if not self._since or self._blocked:
             return None
         return max(0.0, min(self._since.values()) + self.max_wait_s - now)
 

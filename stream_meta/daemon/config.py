@@ -49,6 +49,7 @@ class ServiceSettings:
     offset_reset_policy: str = "earliest"
     dlq_topic: str = "stream-meta.records.dlq"
     predictions_topic: str | None = None
+    labels_topic: str | None = None
     dlq_max_message_bytes: int = 1 << 20
     dlq_failure_policy: str = "skip"
     session_timeout_s: float = 10.0
@@ -69,6 +70,9 @@ class RunConfig(BaseModel):
     input_file: Path | None = Field(None, description="read wire-format JSON lines from this file instead of Kafka")
     dlq_topic: str | None = Field(None, description="dead-letter topic (default: <topic>.dlq)")
     predictions_topic: str | None = Field(None, description="publish one prediction per record here (optional)")
+    labels_topic: str | None = Field(None, description="late labels ({\"id\", \"y\"} messages) also come on this "
+                                     "topic, consumed in the same group and merged with the records by message time "
+                                     "(Kafka only; without it they come on --topic)")
     dlq_failure_policy: Literal["skip", "fail"] = Field(
         "skip", description="when a dead letter cannot be written (topic missing, not authorised, refused): "
         "skip = count, log and go on; fail = exit with code 2, offsets not committed past the record")
@@ -230,6 +234,12 @@ class RunConfig(BaseModel):
     def _defaults_from_others(self) -> "RunConfig":
         if self.dlq_topic is None:
             object.__setattr__(self, "dlq_topic", f"{self.topic}.dlq")
+        if self.labels_topic is not None:
+            if self.labels_topic in (self.topic, self.dlq_topic, self.predictions_topic):
+                raise ValueError(f"labels_topic {self.labels_topic!r} must differ from topic, dlq_topic and "
+                                 "predictions_topic (labels on the records' own topic need no labels_topic)")
+            if self.input_file is not None:
+                raise ValueError("labels_topic needs Kafka; with input_file put the label messages in the same file")
         return self
 
     @model_validator(mode="after")
@@ -283,7 +293,7 @@ class RunConfig(BaseModel):
             max_batch_wait_s=self.max_batch_wait_ms / 1000, checkpoint_every_records=self.checkpoint_every_records,
             checkpoint_every_s=self.checkpoint_every_s, max_records=self.max_records, stop_at_end=self.stop_at_end,
             idle_timeout_s=self.idle_timeout_s, offset_reset_policy=self.offset_reset_policy,
-            dlq_topic=self.dlq_topic, predictions_topic=self.predictions_topic,
+            dlq_topic=self.dlq_topic, predictions_topic=self.predictions_topic, labels_topic=self.labels_topic,
             dlq_max_message_bytes=self.dlq_max_message_bytes, dlq_failure_policy=self.dlq_failure_policy,
             session_timeout_s=self.session_timeout_ms / 1000, progress=self.progress,
             accuracy_window=self.accuracy_window, checkpoint_dir=self.checkpoint_dir,

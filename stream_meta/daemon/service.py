@@ -24,6 +24,7 @@ from stream_meta.daemon.batching import Batcher
 from stream_meta.daemon.checkpoint import CheckpointStore
 from stream_meta.daemon.config import ServiceSettings
 from stream_meta.daemon.deadletters import SinkFailures, dead_letter
+from stream_meta.daemon.merge import TimeMerge
 from stream_meta.daemon.metrics import Metrics
 from stream_meta.daemon.stats import RunStats
 from stream_meta.daemon.sync import NoSync, Sync
@@ -95,7 +96,8 @@ class Service:
         self._last_checkpoint = time.monotonic()
         self._last_record = time.monotonic()
         self.source: Source | None = None
-        self.batcher = Batcher(self.settings.learn_batch, self.settings.max_batch_wait_s)
+        self.batcher = (TimeMerge(self.settings.learn_batch, self.settings.max_batch_wait_s, self.settings.labels_topic)
+                        if self.settings.labels_topic else Batcher(self.settings.learn_batch, self.settings.max_batch_wait_s))
         self.sink_failures = SinkFailures(self.metrics, self.settings.dlq_failure_policy)
         self.connection = ConnectionWatch(self.metrics.source_errors, self.settings.session_timeout_s)
         self.progress = ProgressLine(self.settings.accuracy_window)
@@ -140,12 +142,15 @@ class Service:
                 busy_from = time.perf_counter()  # elapsed_seconds counts processing, never waiting
                 at_end = self.settings.stop_at_end and self.source.backlog_done()
                 processed = False
-                for records, arrived in self.batcher.ready(now, drain=at_end):
+                lags = self.source.partition_lags() if self.settings.labels_topic else None
+                for records, arrived in self.batcher.ready(now, drain=at_end, lags=lags):
                     if self._stop.is_set() or self._limit_reached():
                         break
                     self.process(records[:self._room()], arrived)
                     processed = True
                 self.sync.after_learn(self.learner.meta_updates)  # also idle: time-based rounds (--sync-every-s)
+                if lags is not None:  # a labels topic: stop fetching what the merge cannot use yet
+                    self.source.pause_only(self.batcher.full())
                 if polled or at_end:
                     self.stats.elapsed_seconds += time.perf_counter() - busy_from
                 if processed:
@@ -185,8 +190,12 @@ class Service:
         self.stats.records_consumed += len(records)
         self.metrics.records_consumed.inc(len(records))
         self._since_checkpoint += len(records)
+        # earlier records whose labels this batch brought: from the labels topic (which holds nothing
+        # else; the batcher merges it in by message time), or among the records' topic's messages
+        late = [j for j in (self._label(r) for r in records if r.topic == self.settings.labels_topic) if j]
+        last = records[-1]
+        records = [r for r in records if r.topic != self.settings.labels_topic]
         batch = self.decoder.decode([r.value for r in records], [r.headers for r in records])
-        late: list[Joined] = []  # earlier records whose labels this batch brought
         for i, exc in batch.rejected:
             joined = self._label(records[i], exc)
             if joined is not None:
@@ -223,25 +232,27 @@ class Service:
                 tasks_before = self.stats.tasks_seen
                 self.stats.observe_prediction(task, correct)
                 self.metrics.observe_prediction(task, correct, self.stats.tasks_seen > tasks_before)
-            learn_tasks, found = self.router.assign(self.learner, learn_tasks, lx, ly, lwhere)
+            arrived = [self.stats.records_consumed] * len(rows) + [j.record.arrived for j in late]
+            learn_tasks, found = self.router.assign(self.learner, learn_tasks, lx, ly, lwhere, arrived)
             for boundary in found:
                 self.metrics.tasks_found.labels(boundary.kind).inc()
             learn_started = time.perf_counter()
             report = self.learner.learn_batch(learn_tasks, lx, ly)
             self.metrics.observe_meta_updates(time.perf_counter() - learn_started, report.meta_updates)
-            self._count_learning(records[-1], report, len(learn_tasks))
+            self._count_learning(last, report, len(learn_tasks))
             self.sync.after_learn(self.learner.meta_updates)  # averages with the group when due
         if len(batch) or learn_tasks:
             self.metrics.step_seconds.observe(time.perf_counter() - started)
 
-    def _label(self, raw: RawRecord, exc: RecordError) -> Joined | None:
-        """A rejected message that is a label for an earlier record: joined to it, or dead-lettered
-        with a label reason. Anything else is dead-lettered with the record's reason."""
-        if not self.labels.is_label(raw.value, raw.headers):
+    def _label(self, raw: RawRecord, exc: RecordError | None = None) -> Joined | None:
+        """A message that is a label for an earlier record: joined to it, or dead-lettered with a
+        label reason. ``exc``: why the records' decoder rejected it (a non-label is dead-lettered
+        with that reason); None on the labels topic, where a non-label is ``not_a_label``."""
+        if exc is not None and not self.labels.is_label(raw.value, raw.headers):
             self._reject(raw, exc)
             return None
         try:
-            label = self.labels.decode(raw.value, raw.headers)
+            label = self.labels.decode(raw.value, raw.headers, require=exc is None)
         except RecordError as bad:
             self._reject(raw, bad)
             return None

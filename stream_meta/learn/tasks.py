@@ -19,6 +19,12 @@ records, already learned under the old id, are refiled to the new task's window
 (:meth:`OnlineMetaLearner.refile`), so the new task adapts from its own first records.
 Why these signals and thresholds: ``stream-meta bench taskfree`` (README).
 
+Late labels: a record is routed when it arrives, before any label of a new task can have
+been seen, so it carries the task detection then believed current. Every detected
+boundary is kept with the arrival count (``arrived``) of the record that fired it; a late
+label is learned under the detected task of the segment its record arrived in, as known
+when the label comes, not under the lagging id it was routed to.
+
 Per poll the daemon calls :meth:`route` on the records (predict with those ids; given-id
 changes are logged), then :meth:`assign` on the labelled rows before learning them;
 ``assign`` returns the ids to learn the rows under (rows after a boundary found inside
@@ -32,7 +38,7 @@ the batch move to the new task) and the boundaries found. Every boundary also la
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -127,6 +133,9 @@ class TaskRouter:
         self.signatures = TaskSignatures(cfg.max_tasks)
         # The newest labelled records of the current segment: (x, y, (topic, partition, offset)).
         self._recent: deque[tuple[torch.Tensor, int, tuple]] = deque(maxlen=max(cfg.support, cfg.evidence))
+        # (arrival count of the record that fired, task) per detected boundary, in the order found.
+        self._segments: deque[tuple[int, str]] = deque(maxlen=MAX_BOUNDARIES)
+        self._segment_tasks: Counter[str] = Counter({"auto-0": 1})  # ids detection made: the ones it may move
 
     def _reset(self, level: float | None) -> None:
         self._n = 0  # labelled records in the current segment
@@ -161,7 +170,8 @@ class TaskRouter:
 
     # -- detection ----------------------------------------------------------------
     def assign(self, learner, tasks: Sequence[str], x: torch.Tensor, y: torch.Tensor,
-               where: Sequence[tuple[str, int, int]] | None = None) -> tuple[list[str], list[Boundary]]:
+               where: Sequence[tuple[str, int, int]] | None = None,
+               arrived: Sequence[int] | None = None) -> tuple[list[str], list[Boundary]]:
         """Ids to learn labelled rows under, and the boundaries detected among them; call
         before learning them.
 
@@ -169,10 +179,14 @@ class TaskRouter:
         pending store for a late label); ``where``: each row's (topic, partition, offset).
         Only rows predicted under the current detected task feed detection: rows with a
         given id, and late labels of a task the stream has left, are learned as routed.
+        ``arrived``: each row's arrival count (the daemon's records consumed when it came); a
+        row routed to a detected task is first moved to the segment it arrived in.
         """
         out, found = list(tasks), []
         if self.mode == "field" or not out:
             return out, found
+        if arrived is not None and self._segments:
+            tasks = out = [self._segment_of(t, a) for t, a in zip(out, arrived)]
         detect_rows = [i for i, t in enumerate(tasks) if t == self.current]
         if detect_rows and hasattr(learner, "task_losses"):  # plain SGD has one model: nothing to detect for
             xd, yd = x[detect_rows], y[detect_rows]
@@ -195,11 +209,33 @@ class TaskRouter:
                         learner.refile(tasks[i], task, k - len(moved))
                     topic, partition, offset = ev[0][2]  # the new task's first record, maybe from an earlier poll
                     found.append(self._log(Boundary(task, kind, moved[0], topic, partition, offset, tasks[i], i), None))
+                    if arrived is not None:
+                        self._add_segment(int(arrived[i]), task)
                     for m in detect_rows[detect_rows.index(moved[0]):]:
                         out[m] = task
                     break  # the rest of the batch was scored with the old weights: the new segment starts next poll
         found.sort(key=lambda b: b.row)
         return out, found
+
+    def _segment_of(self, task: str, arrived: int) -> str:
+        """The detected task of the segment a record that arrived at ``arrived`` belongs to, as
+        known now (the boundary found last that fired on a record arrived no later); ``task``
+        itself for a given id or an arrival before every known boundary."""
+        if task not in self._segment_tasks:
+            return task  # a given id: not the router's to move
+        for start, seg in reversed(self._segments):
+            if start <= arrived:
+                return seg
+        return task
+
+    def _add_segment(self, arrived: int, task: str) -> None:
+        if len(self._segments) == self._segments.maxlen:
+            _, old = self._segments[0]
+            self._segment_tasks[old] -= 1
+            if self._segment_tasks[old] <= 0:
+                del self._segment_tasks[old]
+        self._segments.append((arrived, task))
+        self._segment_tasks[task] += 1
 
     def _challenger(self, learner, sx, sy, x, y) -> torch.Tensor:
         c = self.cfg.challenger
@@ -287,6 +323,7 @@ class TaskRouter:
             "recent_y": [r[1] for r in self._recent],
             "recent_where": [list(r[2]) for r in self._recent],
             "stored": list(self._stored.items()),
+            "segments": [list(seg) for seg in self._segments],
             "signatures": self.signatures.state_dict(),
         }
 
@@ -303,6 +340,10 @@ class TaskRouter:
         self._recent.extend(zip(state["recent_x"].unbind(0) if state["recent_y"] else (), state["recent_y"],
                                 (tuple(w) for w in state["recent_where"])))
         self._stored = OrderedDict((t, float(v)) for t, v in state["stored"])
+        self._segments.clear()  # absent in checkpoints written before late labels followed segments
+        self._segment_tasks = Counter({"auto-0": 1})
+        for a, t in state.get("segments", ()):
+            self._add_segment(int(a), str(t))
         self.signatures.load_state_dict(state["signatures"])
 
 

@@ -115,3 +115,37 @@ def test_task_losses_use_each_tasks_fast_weights():
     la = m.task_losses(["a"] * 30, x, y)
     assert la.shape == (30,) and float(la.mean()) < float(m.prior_losses(x, y).mean())
     assert torch.allclose(m.task_losses(["never-seen"] * 30, x, y), m.prior_losses(x, y))
+
+
+def test_a_late_label_is_learned_in_the_segment_its_record_arrived_in():
+    # Task 0 for 150 records, then task 2. Records 150..159 arrive while detection still
+    # believes task 0 (their labels are late), then labels of task 2 records fire a boundary.
+    router, m = TaskRouter("detect"), learner()
+    x0, y0 = records(0, 150, 0)
+    x2, y2 = records(2, 60, 1)
+    for i in range(150):  # task 0, labels at once (arrival count = index)
+        tasks = router.route([None])
+        tasks, _ = router.assign(m, tasks, x0[i:i + 1], y0[i:i + 1], arrived=[i])
+        m.learn_batch(tasks, x0[i:i + 1], y0[i:i + 1])
+    late = router.route([None] * 10)  # records 150..159: routed to the old task, labels still owed
+    assert late == ["auto-0"] * 10
+    found = []
+    for i in range(10, 60):  # records 160.. with their labels at once: the boundary fires among them
+        tasks = router.route([None])
+        tasks, bounds = router.assign(m, tasks, x2[i:i + 1], y2[i:i + 1], arrived=[150 + i])
+        m.learn_batch(tasks, x2[i:i + 1], y2[i:i + 1])
+        if bounds:
+            fired_at = 150 + i  # the arrival of the record whose label fired
+        found += bounds
+    assert [b.task for b in found] == ["auto-1"]
+    # the owed labels come now: records 150..159 arrived before the record that fired...
+    tasks, _ = router.assign(m, late, x2[:10], y2[:10], arrived=list(range(150, 160)))
+    assert tasks == ["auto-0"] * 10  # ...so they stay with the task they were routed to
+    # a record that arrived after the boundary's record but was routed before detection moved
+    tasks, _ = router.assign(m, ["auto-0"], x2[:1], y2[:1], arrived=[fired_at + 1])
+    assert tasks == ["auto-1"]
+    # given ids are never moved; and the segments survive a checkpoint
+    assert router.assign(m, ["mine"], x2[:1], y2[:1], arrived=[10_000])[0] == ["mine"]
+    restored = TaskRouter("detect")
+    restored.load_state_dict(router.state_dict())
+    assert restored.assign(m, ["auto-0"], x2[:1], y2[:1], arrived=[fired_at + 1])[0] == ["auto-1"]
