@@ -47,9 +47,9 @@ class CycledSource:
         self.on_poll = on_poll
         self.next = (start or {}).get(("soak", 0), 0)
 
-    def poll(self, timeout_s: float) -> list[RawRecord]:
-        out = []
-        while len(out) < self.poll_size and self.next < self.total:
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[RawRecord]:
+        out, limit = [], self.poll_size if max_records is None else min(max_records, self.poll_size)
+        while len(out) < limit and self.next < self.total:
             rnd, i = divmod(self.next, len(self.base))
             value, headers, task = self.base[i]
             if self.rename_tasks and rnd:

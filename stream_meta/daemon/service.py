@@ -124,7 +124,7 @@ class Service:
             while not self._stop.is_set():
                 self._heartbeat = poll_from = time.monotonic()
                 try:
-                    polled = self.source.poll(self._poll_timeout_s())
+                    polled = self.source.poll(self._poll_timeout_s(), self.batcher.poll_size(self.offsets))
                 except StreamMetaError as exc:
                     self._set_ready(False)
                     self.metrics.source_errors.inc()
