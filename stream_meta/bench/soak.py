@@ -17,6 +17,7 @@ example: stream-meta bench soak --sizes 10000,1000000 --learn-batch 64
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -120,20 +121,31 @@ def child(args: argparse.Namespace) -> dict:
 
         def on_poll(n: int) -> None:
             if n >= (len(samples) + 1) * step:
-                samples.append({"records": n, "rss_mb": _status_kb("VmRSS") / 1024,
+                # gc-tracked Python objects: growth here is a container growing, not the allocator
+                samples.append({"records": n, "rss_mb": _status_kb("VmRSS") / 1024, "objects": len(gc.get_objects()),
                                 "processing_s": service.stats.elapsed_seconds, "wall_s": time.perf_counter() - started})
 
         poll_size = cfg.max_poll_records
         service.open_source = lambda offsets, on_revoke: CycledSource(
             base, args.records, poll_size, args.task_ids == "new", on_poll, offsets)
-        summary = service.run()
+        if args.profile is not None:  # the service's run alone: start-up and data loading stay out
+            import cProfile
+
+            profiler = cProfile.Profile()
+            summary = profiler.runcall(service.run)
+            profiler.dump_stats(args.profile)
+        else:
+            summary = service.run()
         wall = time.perf_counter() - started
+        ckpt = {x.name: x.value for x in service.metrics.checkpoint_seconds.collect()[0].samples}
     for a, b in zip([{"records": 0, "processing_s": 0.0, "wall_s": 0.0}] + samples, samples):
         b["rate"] = (b["records"] - a["records"]) / max(1e-9, b["processing_s"] - a["processing_s"])
     return {"records": summary["records_consumed"], "records_per_second": summary["records_per_second"],
             "wall_rate": summary["records_consumed"] / wall, "peak_rss_mb": _status_kb("VmHWM") / 1024,
             "final_rss_mb": _status_kb("VmRSS") / 1024, "accuracy": summary["prequential_accuracy"],
-            "tasks_seen": summary["tasks_seen"], "latency": {"p50": summary["prediction_latency_p50_s"], "p99": summary["prediction_latency_p99_s"]}, "samples": samples}
+            "tasks_seen": summary["tasks_seen"],
+            "checkpoints": ckpt.get("stream_meta_checkpoint_seconds_count", 0),
+            "checkpoint_seconds": ckpt.get("stream_meta_checkpoint_seconds_sum", 0.0), "latency": {"p50": summary["prediction_latency_p50_s"], "p99": summary["prediction_latency_p99_s"]}, "samples": samples}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--learn-batch", type=int, default=64)
     p.add_argument("--set", default="{}", help='further run settings as JSON, e.g. \'{"preset": "fomaml"}\'')
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--profile", type=Path, default=None,
+                   help="cProfile the service's run into this file (one size only; read it with pstats)")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.format == "json" and args.task_ids == "new":
@@ -162,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in (int(s) for s in args.sizes.split(",")):
         cmd = [sys.executable, "-m", "stream_meta.bench.soak", "--child", str(n), "--dataset", args.dataset,
                "--data-dir", args.data_dir, "--base-records", str(args.base_records), "--format", args.format,
-               "--task-ids", args.task_ids, "--learn-batch", str(args.learn_batch), "--set", args.set]
+               "--task-ids", args.task_ids, "--learn-batch", str(args.learn_batch), "--set", args.set,
+               *(["--profile", str(args.profile)] if args.profile else [])]
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         rows.append({"size": n, **json.loads(out.strip().splitlines()[-1]), "loadavg": os.getloadavg()})
         r = rows[-1]
@@ -171,20 +186,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.dataset} cycled ({args.base_records} records, task ids {args.task_ids}), --learn-batch "
           f"{args.learn_batch}, wire {args.format}, one torch thread, one process per row")
     print(f"{'records':>10s} {'rec/s':>8s} {'wall rec/s':>10s} {'peak RSS MB':>12s} {'final RSS MB':>12s} "
-          f"{'p50 ms':>7s} {'p99 ms':>7s} {'accuracy':>9s} {'tasks':>7s} {'load':>5s}")
+          f"{'p50 ms':>7s} {'p99 ms':>7s} {'accuracy':>9s} {'tasks':>7s} {'ms/ckpt':>8s} {'load':>5s}")
     for r in rows:
         lat = r["latency"]
         ms = lambda v: "-" if v is None else f"{1000 * v:.0f}"  # noqa: E731
         print(f"{r['records']:>10,d} {r['records_per_second']:8.0f} {r['wall_rate']:10.0f} {r['peak_rss_mb']:12.1f} "
               f"{r['final_rss_mb']:12.1f} {ms(lat['p50']):>7s} {ms(lat['p99']):>7s} {100 * r['accuracy']:8.1f}% "
-              f"{r['tasks_seen']:>7d} {r['loadavg'][0]:5.2f}")
+              f"{r['tasks_seen']:>7d} {1000 * r['checkpoint_seconds'] / max(1, r['checkpoints']):8.0f} {r['loadavg'][0]:5.2f}")
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
         print(f"last vs first: rec/s {100 * (b['records_per_second'] / a['records_per_second'] - 1):+.1f}% "
               f"(goal within ±10%), peak RSS {b['peak_rss_mb'] - a['peak_rss_mb']:+.1f} MB (goal <= +50 MB)")
-        print("RSS and rate at each tenth of the longest run:")
-        for s in b["samples"]:
-            print(f"  {s['records']:>10,d}  RSS {s['rss_mb']:7.1f} MB  {s['rate']:8.0f} rec/s")
+    if rows:
+        print("RSS and rate at each tenth of the last run:")
+        for s in rows[-1]["samples"]:
+            print(f"  {s['records']:>10,d}  RSS {s['rss_mb']:7.1f} MB  {s['objects']:>9,d} objects  "
+                  f"{s['rate']:8.0f} rec/s")
     if args.json is not None:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
                                         indent=1) + "\n")
