@@ -56,3 +56,21 @@ def test_state_dict_round_trips_through_the_ring():
         x, y = builder.window("t")
         assert x[:, 0].tolist() == [7.0, 8.0, 9.0, 10.0, 11.0] and y.tolist() == [1, 2, 0, 1, 2]
     assert [len(e) for e in (b.add("t", torch.zeros(2), 0), c.add("t", torch.zeros(2), 0))] == [1, 1]
+
+
+def test_a_checkpoint_with_windows_per_task_still_loads():
+    old = {"tasks": [{"task": "a", "x": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "y": torch.tensor([1, 2]),
+                      "seen": 7, "since_episode": 1},
+                     {"task": "b", "x": torch.empty(0), "y": torch.tensor([], dtype=torch.long), "seen": 0,
+                      "since_episode": 0}]}
+    b = EpisodeBuilder(3, 2, 1, 10)
+    b.load_state_dict(old)
+    x, y = b.window("a")
+    assert x.tolist() == [[1.0, 2.0], [3.0, 4.0]] and y.tolist() == [1, 2] and b.seen("a") == 7
+    assert b.window("b") is None and len(b) == 2
+    # and what it writes now is one tensor for all windows, read back the same
+    state = b.state_dict()
+    assert state["x"].shape == (2, 2) and [t["n"] for t in state["tasks"]] == [2, 0]
+    c = EpisodeBuilder(3, 2, 1, 10)
+    c.load_state_dict(state)
+    assert c.window("a")[0].tolist() == x.tolist() and c.seen("a") == 7 and c.window("b") is None
