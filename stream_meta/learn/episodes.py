@@ -58,8 +58,10 @@ class _TaskWindow:
         """The held rows, oldest first (a copy)."""
         if self.x is None:
             return torch.empty(0)
-        idx = (torch.arange(len(self.ys)) + self.start) % self.size
-        return self.x[idx]
+        end = self.start + len(self.ys)
+        if end <= self.size:
+            return self.x[self.start:end].clone()
+        return torch.cat((self.x[self.start:], self.x[:end - self.size]))
 
     def pop_newest(self, k: int) -> tuple[torch.Tensor, list[int]]:
         """Removes and returns the newest ``k`` rows and labels, oldest first."""
