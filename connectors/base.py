@@ -28,8 +28,9 @@ class RawRecord:
 class Source(Protocol):
     """Where records come from. Offsets are committed only after a checkpoint."""
 
-    def poll(self, timeout_s: float) -> list[RawRecord]:
-        """Records available now (possibly none after ``timeout_s``)."""
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[RawRecord]:
+        """Records available now (possibly none after ``timeout_s``), at most ``max_records``
+        (default: the source's own limit)."""
 
     def commit(self, offsets: Offsets) -> None:
         """Marks everything before ``offsets`` as processed (a fallback to the checkpoint)."""

@@ -37,18 +37,19 @@ class JsonlSource:
             self._next += 1
         self._eof = False
 
-    def poll(self, timeout_s: float) -> list[RawRecord]:
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[RawRecord]:
         deadline = time.monotonic() + timeout_s
-        out = self._read()
+        limit = self.max_records if max_records is None else min(max_records, self.max_records)
+        out = self._read(limit)
         # Following: sleep (not spin) until lines arrive or the timeout is spent.
         while self.follow and not out and time.monotonic() < deadline:
             time.sleep(min(FOLLOW_CHECK_S, max(0.0, deadline - time.monotonic())))
-            out = self._read()
+            out = self._read(limit)
         return out
 
-    def _read(self) -> list[RawRecord]:
+    def _read(self, limit: int) -> list[RawRecord]:
         out = []
-        while len(out) < self.max_records:
+        while len(out) < limit:
             start = self._file.tell()
             line = self._file.readline()
             if self.follow and line and not line.endswith(b"\n"):

@@ -139,9 +139,9 @@ class KafkaSource:
                 log.info("seeking %s[%d] to checkpointed offset %d", tp.topic, tp.partition, offset)
                 self._consumer.seek(tp, offset)
 
-    def poll(self, timeout_s: float) -> list[RawRecord]:
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[RawRecord]:
         try:
-            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except KafkaError as exc:
             raise ConnectorError(f"poll failed: {exc}") from exc
         self._rewind_past_end()

@@ -62,6 +62,10 @@ def run_once(path: Path, dataset: str, threads: int, algorithm: str, workdir: Pa
     return json.loads(summary.read_text())
 
 
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{1000 * seconds:.1f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="stream-meta bench engine", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,10 +98,13 @@ def main(argv: list[str] | None = None) -> int:
                             hog.wait()
                     rows.append({"algorithm": algorithm, "threads": threads, "busy_core": busy,
                                  "records": s["records_consumed"], "records_per_second": s["records_per_second"],
-                                 "prequential_accuracy": s["prequential_accuracy"], "elapsed_seconds": s["elapsed_seconds"]})
+                                 "prequential_accuracy": s["prequential_accuracy"], "elapsed_seconds": s["elapsed_seconds"],
+                                 "latency_p50_s": s.get("prediction_latency_p50_s"),
+                                 "latency_p99_s": s.get("prediction_latency_p99_s")})
                     r = rows[-1]
                     print(f"  {algorithm:8s} threads={threads} busy_core={str(busy):5s} "
-                          f"{r['records_per_second']:>8.1f} rec/s  accuracy {100 * r['prequential_accuracy']:5.1f}%",
+                          f"{r['records_per_second']:>8.1f} rec/s  accuracy {100 * r['prequential_accuracy']:5.1f}%  "
+                          f"latency p50 {_ms(r['latency_p50_s'])} ms p99 {_ms(r['latency_p99_s'])} ms",
                           flush=True)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")

@@ -58,20 +58,27 @@ def raw_consumer_rate(bootstrap: str, topic: str, expected: int, timeout_s: floa
     return n / (last - first) if first and last > first else 0.0
 
 
-def daemon_rate(bootstrap: str, topic: str, dim: int, learn_batch: int, preset: str, work: Path) -> dict:
+def daemon_rate(bootstrap: str, topic: str, dim: int, learn_batch: int, preset: str, work: Path,
+                profile: Path | None = None, extra: list[str] = ()) -> dict:
     summary = work / f"summary-{topic}.json"
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "stream_meta.cli", "run", "--bootstrap", bootstrap, "--topic", topic,
+    profiled = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
+    subprocess.run([sys.executable, *profiled, "-m", "stream_meta.cli", "run", "--bootstrap", bootstrap, "--topic", topic,
                     "--group", f"bench-{topic}", "--input-dim", str(dim), "--num-classes", "10",
                     "--preset", preset, "--learn-batch", str(learn_batch), "--stop-at-end",
                     "--checkpoint-dir", str(work / f"ckpt-{topic}"), "--metrics-port", "0",
-                    "--summary-json", str(summary), "--log-level", "WARNING", "--session-timeout-ms", "6000"],
+                    "--summary-json", str(summary), "--log-level", "WARNING", "--session-timeout-ms", "6000", *extra],
                    check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
     s = json.loads(summary.read_text())
     return {"records": s["records_consumed"], "rate": s["records_per_stream_second"],
             "processing_rate": s["records_per_second"], "wall_rate": s["records_consumed"] / wall,
-            "accuracy": s["prequential_accuracy"]}
+            "accuracy": s["prequential_accuracy"], "latency_p50_s": s.get("prediction_latency_p50_s"),
+            "latency_p99_s": s.get("prediction_latency_p99_s")}
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{1000 * seconds:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records", type=int, default=5000)
     p.add_argument("--learn-batch", type=int, default=64)
     p.add_argument("--preset", default="reptile+er-tuned")
+    p.add_argument("--formats", default="f32,json", help="wire formats to run: f32 (v2), json (v1)")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="run each daemon under cProfile, writing PROFILE.<format> (read with pstats)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("extra", nargs="*", help="further `stream-meta run` flags, after --")
     args = p.parse_args(argv)
 
     from stream_meta.data.datasets import info, stream
@@ -97,12 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         broker = None if args.bootstrap else LocalBroker(log_path=work / "broker.log").start()
         bootstrap = args.bootstrap or broker.bootstrap
         try:
-            for fmt in ("f32", "json"):
+            for fmt in args.formats.split(","):
                 topic = f"bench-kafka-{fmt}-{int(time.time())}"
                 create_topics(bootstrap, {topic: 1})
                 _publish(bootstrap, topic, records, fmt)
                 raw = raw_consumer_rate(bootstrap, topic, len(records))
-                daemon = daemon_rate(bootstrap, topic, dim, args.learn_batch, args.preset, work)
+                profile = args.profile.with_suffix(f".{fmt}") if args.profile is not None else None
+                daemon = daemon_rate(bootstrap, topic, dim, args.learn_batch, args.preset, work, profile, args.extra)
                 rows.append({"format": "v2 f32" if fmt == "f32" else "v1 json", "raw_consumer_rate": raw, **daemon,
                              "share_of_raw": daemon["rate"] / raw if raw else None})
         finally:
@@ -111,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.dataset}, {len(records)} records of {dim} floats, one partition, --preset {args.preset} "
           f"--learn-batch {args.learn_batch}")
     print(f"{'format':8s} {'raw consumer rec/s':>19s} {'daemon rec/s':>13s} {'share':>6s} {'processing only':>16s} "
-          f"{'whole process':>14s} {'accuracy':>9s}")
+          f"{'whole process':>14s} {'accuracy':>9s} {'p50 ms':>7s} {'p99 ms':>7s}")
     for r in rows:
         share = "-" if r["share_of_raw"] is None else f"{100 * r['share_of_raw']:5.0f}%"
         print(f"{r['format']:8s} {r['raw_consumer_rate']:19.0f} {r['rate']:13.0f} {share:>6s} "
-              f"{r['processing_rate']:16.0f} {r['wall_rate']:14.0f} {100 * r['accuracy']:8.1f}%")
+              f"{r['processing_rate']:16.0f} {r['wall_rate']:14.0f} {100 * r['accuracy']:8.1f}% "
+              f"{_ms(r['latency_p50_s']):>7s} {_ms(r['latency_p99_s']):>7s}")
     if args.json is not None:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1) + "\n")
     return 0

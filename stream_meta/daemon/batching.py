@@ -87,6 +87,23 @@ class Batcher:
             del self._held[key]
             self._since.pop(key, None)
 
+    def poll_size(self, next_offsets: dict[tuple[str, int], int]) -> int | None:
+        """Records to ask the next poll for: those that complete the held block, or (nothing held)
+        the rest of the block the next offset falls in. Polling further ahead would leave records
+        waiting, polled, while earlier blocks are learned: their poll-to-prediction latency would
+        grow with the poll size. With several partitions held or assigned: one block's worth.
+
+        >>> b = Batcher(size=64, max_wait_s=1)
+        >>> b.poll_size({("t", 0): 1000}), b.add([RawRecord("t", 0, 1000, b"")], now=0.0), b.poll_size({})
+        (24, None, 23)
+        """
+        if len(self._held) == 1:
+            last = next(iter(self._held.values()))[-1][0].offset
+            return max(1, (last // self.size + 1) * self.size - last - 1)  # 0: complete, not yet handed out
+        if not self._held and len(next_offsets) == 1:
+            return self.size - next(iter(next_offsets.values())) % self.size
+        return self.size
+
     def wait_s(self, now: float) -> float | None:
         """How long until the oldest held block is due anyway (None: nothing held, or a block
         waits for labels to be fetched: the poll returns as soon as they come)."""

@@ -47,7 +47,7 @@ class Checkpoint:
     offsets: Offsets
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes | memoryview) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -173,7 +173,7 @@ class CheckpointStore:
         buf = io.BytesIO()
         flat_offsets = [[t, p, o] for (t, p), o in sorted(offsets.items())]
         torch.save({"format_version": FORMAT_VERSION, "state": state, "offsets": flat_offsets}, buf)
-        payload = buf.getvalue()
+        payload = buf.getbuffer()  # a view, not a copy: a large state is held twice, not three times
         pt = self.directory / f"ckpt-{seq:09d}.pt"
         _write_atomic(pt, payload)
         manifest = {

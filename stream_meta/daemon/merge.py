@@ -52,6 +52,11 @@ class TimeMerge(Batcher):
         self.hold_limit = max(1000, 2 * size) if hold_limit is None else max(hold_limit, 2 * size)
         self._full: set[Key] = set()
 
+    def poll_size(self, next_offsets: dict[Key, int]) -> int | None:
+        """No limit (the source's own): the merge needs the labels read ahead of the records'
+        time; what it holds is bounded by pausing partitions instead (:meth:`full`)."""
+        return None
+
     def full(self) -> set[Key]:
         """Partitions holding ``hold_limit`` messages or more, until down to half of it (so a
         pause is not undone by the next message learned): the source pauses their fetching."""

