@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from stream_meta.learn.config import ModelConfig
-from stream_meta.learn.learner import OnlineMetaLearner, OnlineSGDLearner
+from stream_meta.learn.learner import OnlineMetaLearner
+from stream_meta.learn.sgd import OnlineSGDLearner
 from stream_meta.learn.pending import Joined, PendingStore
 from stream_meta.learn.tasks import DetectorConfig, TaskRouter
 

@@ -10,7 +10,9 @@ from connectors.base import Offsets, Source
 from stream_meta.daemon.checkpoint import CheckpointStore
 from stream_meta.daemon.config import RunConfig
 from stream_meta.errors import ConfigError
-from stream_meta.learn.learner import Learner, OnlineMetaLearner, OnlineSGDLearner
+from stream_meta.learn.base import Learner
+from stream_meta.learn.learner import OnlineMetaLearner
+from stream_meta.learn.sgd import OnlineSGDLearner
 from stream_meta.daemon.metrics import Metrics
 from stream_meta.model import num_parameters
 from stream_meta.daemon.service import Service, Sinks

@@ -33,7 +33,7 @@ from stream_meta.daemon.watch import ConnectionWatch, ProgressLine
 from stream_meta.daemon.wire import BatchDecoder
 from stream_meta.errors import CheckpointMismatchError, RecordError, StreamMetaError
 from stream_meta.daemon.labels import LabelDecoder
-from stream_meta.learn.learner import Learner, LearnReport
+from stream_meta.learn.base import Learner, LearnReport
 from stream_meta.learn.pending import Joined, PendingStore
 from stream_meta.learn.tasks import TaskRouter
 

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stream_meta.errors import ConfigError
-from stream_meta.learn.learner import Learner
+from stream_meta.learn.base import Learner
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 :class:`OnlineMetaLearner` keeps shared meta-parameters, adapts per-task fast
 weights from them on the task's recent records, and meta-updates whenever a
 task completes an episode, mixing replayed past episodes into the meta-batch.
-:class:`OnlineSGDLearner` is the plain baseline: one SGD step per record.
+:class:`~stream_meta.learn.sgd.OnlineSGDLearner` is the plain baseline: one SGD step per record.
 
 Each takes its configuration in groups (:mod:`stream_meta.learn.config`), whole:
 
@@ -22,16 +22,14 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from stream_meta.learn.config import (
     InnerLoopConfig, MetaStepConfig, ModelConfig, ProbeConfig, RegularizerConfig, ReplayConfig,
 )
+from stream_meta.learn.base import LearnerHealth, LearnReport
 from stream_meta.learn.episodes import EpisodeBuilder
 from stream_meta.meta import ALGORITHMS, Episode, get_algorithm, meta_step
 from stream_meta.meta.algorithms import GradientMetaAlgorithm
@@ -40,65 +38,9 @@ from stream_meta.model import Params, build_mlp, init_params
 from stream_meta.learn.probes import ForgettingProbe
 from stream_meta.learn.regularizers import build_regularizer
 from stream_meta.learn.replay import EpisodeReservoir, RecordMemory
+from stream_meta.learn.sharing import adam_moments, load_adam_moments
 
 HEALTH_EVERY = 10  # meta-updates between two measures of the algorithm's own health metrics
-
-
-@dataclass
-class LearnReport:
-    """What one ``learn`` call did, for metrics."""
-
-    meta_updates: int = 0
-    nonfinite_skips: int = 0
-    query_loss_before: float | None = None
-    query_loss_after: float | None = None
-    stats: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class LearnerHealth:
-    """A snapshot of a learner's state for gauges and checkpoint manifests.
-
-    Replay sizes are 0 for a learner without replay; ``retained_accuracy`` and
-    ``forgetting`` are ``None`` until (or unless) forgetting probes have been evaluated.
-    """
-
-    meta_updates: int
-    nonfinite_skips: int
-    replay_episodes: int
-    replay_bytes: int
-    memory_records: int
-    memory_bytes: int
-    retained_accuracy: float | None
-    forgetting: float | None
-    # The algorithm's own health metrics (e.g. neural-optimizer's update_norm_ratio,
-    # gail-meta's generator and discriminator losses), by name.
-    learner_metrics: dict[str, float] = field(default_factory=dict)
-
-
-class Learner(Protocol):
-    """What the daemon uses of a learner: nothing else is read from it."""
-
-    meta_updates: int
-    params: Params  # the (meta-)parameters, e.g. to count them
-
-    def predict(self, task: str, x: torch.Tensor) -> int: ...
-
-    def learn(self, task: str, x: torch.Tensor, y: int) -> LearnReport: ...
-
-    def health(self) -> LearnerHealth: ...
-
-    def predict_batch(self, tasks: Sequence[str], x: torch.Tensor) -> torch.Tensor: ...
-
-    def learn_batch(self, tasks: Sequence[str], x: torch.Tensor, y: torch.Tensor) -> LearnReport: ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-    def shared_tensors(self) -> dict[str, torch.Tensor]: ...  # what a scale-out group averages
-
-    def load_shared(self, tensors: dict[str, torch.Tensor]) -> None: ...
 
 
 class OnlineMetaLearner:
@@ -366,7 +308,7 @@ class OnlineMetaLearner:
         fast weights stay local. A parameter the optimiser has not stepped yet reads as zeros."""
         out = {f"params/{k}": v.detach().clone() for k, v in self.params.items()}
         out.update({f"extra/{k}": v.detach().clone() for k, v in self.extra.items()})
-        out.update(_adam_moments(self.optimizer, {**self.params, **{f"extra.{k}": v for k, v in self.extra.items()}}))
+        out.update(adam_moments(self.optimizer, {**self.params, **{f"extra.{k}": v for k, v in self.extra.items()}}))
         if self.reg is not None and self.reg.importance is not None and self.reg.anchor is not None:
             out.update({f"regularizer/importance/{k}": v.clone() for k, v in self.reg.importance.items()})
             out.update({f"regularizer/anchor/{k}": v.clone() for k, v in self.reg.anchor.items()})
@@ -380,7 +322,7 @@ class OnlineMetaLearner:
                 v.copy_(tensors[f"params/{k}"])
             for k, v in self.extra.items():
                 v.copy_(tensors[f"extra/{k}"])
-        _load_adam_moments(self.optimizer, named, tensors)
+        load_adam_moments(self.optimizer, named, tensors)
         if self.reg is not None and any(k.startswith("regularizer/") for k in tensors):
             self.reg.importance = {k: tensors[f"regularizer/importance/{k}"].clone() for k in self.params
                                    if f"regularizer/importance/{k}" in tensors}
@@ -447,85 +389,6 @@ class OnlineMetaLearner:
             self.probe.load_state_dict(state["probe"])
             self._since_probe = int(state["probe"]["since"])
             self.retained_accuracy, self.forgetting = state["probe"]["retained_accuracy"], state["probe"]["forgetting"]
-
-
-class OnlineSGDLearner:
-    """Baseline: one model for all tasks, one SGD step per labelled record."""
-
-    def __init__(self, model_cfg: ModelConfig, *, lr: float = 0.1, seed: int = 0) -> None:
-        if not lr > 0:
-            raise ValueError(f"SGD lr must be > 0, got {lr}")
-        self.model_cfg, self.lr, self.seed = model_cfg, lr, seed
-        self.model = build_mlp([model_cfg.input_dim, *model_cfg.hidden, model_cfg.num_classes])
-        self.params = {k: v.requires_grad_() for k, v in init_params(self.model, torch.Generator().manual_seed(seed)).items()}
-        self.optimizer = torch.optim.SGD(list(self.params.values()), lr=lr)
-        self.meta_updates = 0
-        self.nonfinite_skips = 0
-
-    @torch.no_grad()
-    def predict(self, task: str, x: torch.Tensor) -> int:
-        return int(self.predict_batch([task], x.unsqueeze(0))[0])
-
-    @torch.no_grad()
-    def predict_batch(self, tasks: Sequence[str], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, self.params, (x,)).argmax(1)
-
-    def learn(self, task: str, x: torch.Tensor, y: int) -> LearnReport:
-        return self.learn_batch([task], x.unsqueeze(0), torch.tensor([y]))
-
-    def learn_batch(self, tasks: Sequence[str], x: torch.Tensor, y: torch.Tensor) -> LearnReport:
-        """One SGD step on the batch's mean loss (one step per record at batch size 1)."""
-        out = functional_call(self.model, self.params, (x,))
-        loss = torch.nn.functional.cross_entropy(out, y)
-        if not torch.isfinite(loss):
-            self.nonfinite_skips += 1
-            return LearnReport(nonfinite_skips=1)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return LearnReport()
-
-    def health(self) -> LearnerHealth:
-        return LearnerHealth(self.meta_updates, self.nonfinite_skips, 0, 0, 0, 0, None, None)
-
-    def shared_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"params/{k}": v.detach().clone() for k, v in self.params.items()}
-
-    def load_shared(self, tensors: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for k, v in self.params.items():
-                v.copy_(tensors[f"params/{k}"])
-
-    def state_dict(self) -> dict:
-        return {"params": {k: v.detach().clone() for k, v in self.params.items()}, "optimizer": copy.deepcopy(self.optimizer.state_dict())}
-
-    def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            for k, v in state["params"].items():
-                self.params[k].copy_(v)
-        self.optimizer.load_state_dict(state["optimizer"])
-
-
-def _adam_moments(optimizer: torch.optim.Optimizer, named: Params) -> dict[str, torch.Tensor]:
-    """Adam's step count and moments per named parameter (zeros where it has not stepped yet),
-    so every member of a group sends the same layout."""
-    out = {}
-    for name, p in named.items():
-        state = optimizer.state.get(p, {})
-        out[f"optimizer/step/{name}"] = torch.as_tensor(state.get("step", 0.0), dtype=torch.float32).clone().reshape(1)
-        for key in ("exp_avg", "exp_avg_sq"):
-            out[f"optimizer/{key}/{name}"] = state[key].clone() if key in state else torch.zeros_like(p.detach())
-    return out
-
-
-def _load_adam_moments(optimizer: torch.optim.Optimizer, named: Params, tensors: dict[str, torch.Tensor]) -> None:
-    for name, p in named.items():
-        if f"optimizer/step/{name}" not in tensors:
-            continue
-        state = optimizer.state[p]
-        state["step"] = tensors[f"optimizer/step/{name}"].reshape(()).clone()
-        for key in ("exp_avg", "exp_avg_sq"):
-            state[key] = tensors[f"optimizer/{key}/{name}"].clone()
 
 
 def build_algorithm(inner_cfg: InnerLoopConfig, meta_cfg: MetaStepConfig) -> GradientMetaAlgorithm:

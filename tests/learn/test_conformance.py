@@ -19,7 +19,8 @@ import torch
 from stream_meta.learn.config import (
     InnerLoopConfig, MetaStepConfig, ModelConfig, ProbeConfig, RegularizerConfig, ReplayConfig,
 )
-from stream_meta.learn.learner import OnlineMetaLearner, OnlineSGDLearner
+from stream_meta.learn.learner import OnlineMetaLearner
+from stream_meta.learn.sgd import OnlineSGDLearner
 from stream_meta.learn.regularizers import REGULARIZERS, build_regularizer
 from stream_meta.learn.replay import POLICIES, EpisodeReservoir, RecordMemory
 from stream_meta.meta import Episode

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from stream_meta.learn.config import InnerLoopConfig, MetaStepConfig, ModelConfig, ReplayConfig
-from stream_meta.learn.learner import OnlineMetaLearner, OnlineSGDLearner, learner_names
+from stream_meta.learn.learner import learner_names, OnlineMetaLearner
+from stream_meta.learn.sgd import OnlineSGDLearner
 
 MODEL = ModelConfig(6, 3, (16,))
 META = MetaStepConfig(support_size=6, query_size=3, episode_stride=2, replay_per_update=2)

@@ -33,7 +33,8 @@ import torch
 
 from stream_meta.data.datasets import Task
 from stream_meta.bench.continual.metrics import cl_metrics
-from stream_meta.learn.learner import OnlineMetaLearner, OnlineSGDLearner
+from stream_meta.learn.learner import OnlineMetaLearner
+from stream_meta.learn.sgd import OnlineSGDLearner
 from stream_meta.meta.mlp import mlp_forward
 from stream_meta.daemon.stats import POSITION_BUCKETS, position_bucket
 

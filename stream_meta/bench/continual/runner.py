@@ -46,7 +46,8 @@ def load_tasks(path: str) -> list[Task]:
 def build(method: str, input_dim: int, num_classes: int, seed: int, overrides: dict | None = None):
     """``overrides`` maps a group's name to fields replaced in it, e.g.
     ``{"meta_cfg": {"meta_lr": 5e-3}}`` (JSON in a worker's spec)."""
-    from stream_meta.learn.learner import OnlineMetaLearner, OnlineSGDLearner
+    from stream_meta.learn.learner import OnlineMetaLearner
+    from stream_meta.learn.sgd import OnlineSGDLearner
 
     if method not in LEARNERS:
         raise ValueError(f"unknown stream-meta learner {method!r}; choose from {sorted(LEARNERS)}")

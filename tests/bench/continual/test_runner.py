@@ -5,7 +5,8 @@ import pytest
 from stream_meta.bench.continual.runner import LEARNERS, build
 from stream_meta.daemon.config import load_config
 from stream_meta.learn.config import InnerLoopConfig, ReplayConfig
-from stream_meta.learn.learner import OnlineMetaLearner, OnlineSGDLearner
+from stream_meta.learn.learner import OnlineMetaLearner
+from stream_meta.learn.sgd import OnlineSGDLearner
 
 
 def test_every_bench_learner_builds_with_the_groups_the_daemon_builds_for_its_preset():
