@@ -113,6 +113,7 @@ class Sync:
         self.learner, self.settings, self.metrics = learner, settings, metrics
         self.rounds = rounds  # restored from the checkpoint by the caller
         self.failures = 0
+        self.seconds = 0.0  # wall time in rounds, waiting for the others included (checkpointed)
         self._pg: dist.ProcessGroup | None = None
         self._store: dist.TCPStore | None = None
         self._server: dist.TCPStore | None = None
@@ -177,11 +178,12 @@ class Sync:
     def info(self) -> dict:
         """What the checkpoint manifest records."""
         return {"sync_round": self.rounds, "sync_rank": self.settings.rank,
-                "sync_world_size": self.settings.world_size}
+                "sync_world_size": self.settings.world_size, "sync_seconds": round(self.seconds, 3)}
 
     def restore(self, manifest: dict) -> None:
         """The round count continues from the checkpoint; the next round re-aligns the tensors."""
         self.rounds = int(manifest.get("sync_round", self.rounds))
+        self.seconds = float(manifest.get("sync_seconds", self.seconds))
         self.metrics.round.set(self.rounds)
         self._last_updates = None  # sync at the first turn: re-align after a restart
 
@@ -226,6 +228,7 @@ class Sync:
         self.metrics.members.set(members)
         self.metrics.bytes.set(body.numel() * body.element_size() + header.numel() * header.element_size())
         self.metrics.seconds.observe(time.perf_counter() - started)
+        self.seconds += time.perf_counter() - started
         if header[4] > 0 and not leaving:
             # A member stopped cleanly: the group is re-formed when it (or a replacement) is back.
             log.info("a member left the group after round %d; learning alone until it re-forms", self.rounds)
