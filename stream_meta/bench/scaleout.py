@@ -173,10 +173,14 @@ class Config:
     sync: bool
     every: int = 10
     momentum: float = 0.0
+    overlap: bool = False
     kafka: bool = False
 
     def flags(self) -> list[str]:
-        return ["--sync-momentum", str(self.momentum)] if self.sync and self.momentum else []
+        if not self.sync:
+            return []
+        return (["--sync-momentum", str(self.momentum)] if self.momentum else []) + (
+            ["--sync-overlap"] if self.overlap else [])
 
 
 def _attempt(cfg: Config, summaries: list[dict], manifests: list[dict]) -> dict:
@@ -227,6 +231,7 @@ def run(dataset: str, records: int | None, n_tasks: int | None, configs: list[Co
                         "run": cfg.label, "members": cfg.members, "partition": cfg.partition,
                         "source": "kafka" if cfg.kafka else "file", "sync_every": cfg.every if grouped else None,
                         "sync_momentum": cfg.momentum if grouped else None,
+                        "sync_overlap": cfg.overlap if grouped else None,
                         "sync_rounds": latest[0].manifest.get("sync_round"),
                         "sync_bytes": _sync_bytes(latest[0].state["learner"], flags) if grouped else 0,
                         "accuracy_all_tasks": round(sum(accs) / len(accs), 4),
@@ -242,18 +247,23 @@ def run(dataset: str, records: int | None, n_tasks: int | None, configs: list[Co
     return [rows[c.label] for c in configs]
 
 
-def configs_for(sync_everies: list[int], partitions: list[str], momenta: list[float], kafka: bool) -> list[Config]:
-    """The table's rows: one daemon, members alone, groups (every cadence x momentum), Kafka."""
+def configs_for(sync_everies: list[int], partitions: list[str], momenta: list[float], overlaps: list[bool],
+                kafka: bool) -> list[Config]:
+    """The table's rows: one daemon, members alone, groups (cadence x momentum x overlap), Kafka."""
     out = [Config("single", 1, "iid", False)]
     for partition in partitions:
         out.append(Config(f"alone-{partition}", 2, partition, False))
         for every in sync_everies:
             for m in momenta:
-                out.append(Config(f"group-{partition}-every{every}" + (f"-momentum{m:g}" if m else ""), 2, partition,
-                                  True, every, m))
+                for overlap in overlaps:
+                    label = f"group-{partition}-every{every}" + (f"-momentum{m:g}" if m else "") + (
+                        "-overlap" if overlap else "")
+                    out.append(Config(label, 2, partition, True, every, m, overlap))
     if kafka:
         out.append(Config("kafka-single", 1, "noniid", False, kafka=True))
-        out.append(Config("kafka-group-noniid-every10", 2, "noniid", True, 10, kafka=True))
+        for overlap in overlaps:
+            out.append(Config("kafka-group-noniid-every10" + ("-overlap" if overlap else ""), 2, "noniid", True, 10,
+                              overlap=overlap, kafka=True))
     return out
 
 
@@ -268,8 +278,9 @@ def print_table(rows: list[dict], repeat: int) -> None:
               f"{r['sync_share']:7.1%} {r['accuracy_all_tasks']:8.4f}  {r['accuracy_per_member']}")
     for r in rows:
         if r["members"] == 2 and r["sync_every"] == 10 and not r["sync_momentum"]:
+            mode = "overlapped" if r["sync_overlap"] else "blocking"
             one = base[r["source"]]
-            print(f"SPEED-UP {r['source']} {r['partition']}: 2 members at --sync-every 10 = "
+            print(f"SPEED-UP {r['source']} {r['partition']} {mode}: 2 members at --sync-every 10 = "
                   f"{r['records_per_s'] / one['records_per_s']:.2f}x one member (best of {repeat}; median "
                   f"{r['records_per_s_median'] / one['records_per_s_median']:.2f}x; issue #15 asks >= 1.6x on files); "
                   f"accuracy all tasks {r['accuracy_all_tasks']:.4f} vs one daemon {one['accuracy_all_tasks']:.4f}")
@@ -286,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                         "more tasks make a longer stream, so start-up effects weigh less")
     parser.add_argument("--sync-every", default="1,10,100", help="comma-separated meta-updates between rounds")
     parser.add_argument("--sync-momentum", default="0", help="comma-separated outer momenta (0: plain averaging)")
+    parser.add_argument("--overlap", default="off", help="comma-separated: off, on (the daemons' --sync-overlap)")
     parser.add_argument("--partition", default="iid,noniid", help="comma-separated: iid, noniid")
     parser.add_argument("--support", type=int, default=20, help="records each task is adapted on before scoring")
     parser.add_argument("--learn-batch", type=int, default=1, help="the daemons' --learn-batch")
@@ -301,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     flags = ["--input-dim", "64", "--num-classes", "10", "--learn-batch", str(args.learn_batch)]
     configs = configs_for([int(v) for v in args.sync_every.split(",")], args.partition.split(","),
-                          [float(v) for v in args.sync_momentum.split(",")], args.kafka)
+                          [float(v) for v in args.sync_momentum.split(",")],
+                          [v.strip() == "on" for v in args.overlap.split(",")], args.kafka)
     print(f"load average at the start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     if args.kafka and args.bootstrap is None:
         from stream_meta.data.local_broker import LocalBroker

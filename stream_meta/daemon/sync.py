@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from stream_meta.daemon.slowmo import SlowMomentum
 from stream_meta.errors import ConfigError
 from stream_meta.learn.learner import Learner
 
@@ -47,10 +48,11 @@ class SyncSettings:
     every_s: float | None = None
     timeout_s: float = 30.0
     overlap: bool = False  # one-round-stale averaging: the all-reduce runs while the member learns on
+    momentum: float = 0.0  # SlowMo's outer momentum on the averaged update (0: plain averaging)
 
 
 def settings_from_env(env: Mapping[str, str], every: int, every_s: float | None, timeout_s: float,
-                      overlap: bool = False) -> SyncSettings | None:
+                      overlap: bool = False, momentum: float = 0.0) -> SyncSettings | None:
     """The group from ``WORLD_SIZE``/``RANK``/``MASTER_ADDR``/``MASTER_PORT``; None without one.
     ``RANK`` may also be a StatefulSet pod name (``stream-meta-3`` -> 3)."""
     world = int(env.get("WORLD_SIZE", "1") or "1")
@@ -65,7 +67,10 @@ def settings_from_env(env: Mapping[str, str], every: int, every_s: float | None,
         raise ConfigError(f"RANK={rank} outside 0..WORLD_SIZE-1 ({world})")
     if not env.get("MASTER_ADDR") or not env.get("MASTER_PORT"):
         raise ConfigError("WORLD_SIZE > 1 needs MASTER_ADDR and MASTER_PORT (member 0's host and rendezvous port)")
-    return SyncSettings(rank, world, env["MASTER_ADDR"], int(env["MASTER_PORT"]), every, every_s, timeout_s, overlap)
+    if overlap and momentum:
+        raise ConfigError("--sync-momentum needs blocking rounds: it cannot be combined with --sync-overlap")
+    return SyncSettings(rank, world, env["MASTER_ADDR"], int(env["MASTER_PORT"]), every, every_s, timeout_s, overlap,
+                        momentum)
 
 
 class SyncMetrics:
@@ -137,6 +142,7 @@ class Sync:
         self._last_attempt = -1e9
         self._pending: _Pending | None = None  # an overlapped round in flight
         self._layout: bool | None = None  # the group's last header: every member averages regulariser state
+        self._slow = SlowMomentum(settings.momentum) if settings.momentum else None
         self.metrics.round.set(rounds)
         if settings.rank == 0:
             # Rank 0 hosts the rendezvous store for its whole life; others connect to it.
@@ -225,6 +231,8 @@ class Sync:
         started = time.perf_counter()
         shared = self.learner.shared_tensors()
         has_reg = any(k.startswith("regularizer/") for k in shared)
+        if self._slow is not None:
+            shared.update(self._slow.tensors(shared))
         header = torch.tensor([1.0 if self._learned else 0.0, float(done), 1.0, float(has_reg), float(leaving)],
                               dtype=torch.float64)
         try:
@@ -248,6 +256,8 @@ class Sync:
         params = [k for k in names if k.startswith("params/")]
         self.metrics.divergence.set(float(torch.sqrt(sum(((shared[k].double() - averaged[k].double()) ** 2).sum()
                                                          for k in params))))
+        if self._slow is not None:
+            averaged = self._slow.step(averaged, moved=weight_sum > 0)
         self.learner.load_shared(averaged)
         self._learned = False
         self._layout = int(header[3]) == members

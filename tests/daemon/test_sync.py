@@ -61,12 +61,13 @@ def test_shared_tensors_round_trip_including_optimiser_moments():
     assert torch.equal(b.optimizer.state[p]["exp_avg"], a.optimizer.state[a.params[next(iter(a.params))]]["exp_avg"])
 
 
-def _pair(learners, port, timeout_s=10.0, every=1, overlap=False):
+def _pair(learners, port, timeout_s=10.0, every=1, overlap=False, momentum=0.0):
     syncs: list[Sync | None] = [None, None]
     regs = [CollectorRegistry(), CollectorRegistry()]
 
     def start(rank):
-        syncs[rank] = Sync(learners[rank], SyncSettings(rank, 2, "127.0.0.1", port, every, None, timeout_s, overlap),
+        syncs[rank] = Sync(learners[rank], SyncSettings(rank, 2, "127.0.0.1", port, every, None, timeout_s, overlap,
+                                                        momentum),
                            SyncMetrics(regs[rank]))
 
     threads = [threading.Thread(target=start, args=(r,)) for r in (0, 1)]
@@ -188,6 +189,32 @@ def test_overlapped_rounds_do_not_block_and_apply_the_mean_one_round_late_keepin
     assert all(torch.equal(a[k], b[k]) for k in a)  # equal after the last round, as without overlap
     assert regs[0].get_sample_value("stream_meta_sync_failures_total") == 0
     assert syncs[0].rounds == syncs[1].rounds >= 4
+
+
+def test_outer_momentum_gives_both_members_the_same_meta_parameters_past_the_plain_mean():
+    learners = [_learner(1), _learner(2)]
+    syncs, regs = _pair(learners, _port(), momentum=0.9)
+    turn = lambda s, l: s.after_learn(l.meta_updates)
+    for r in range(3):
+        for i, l in enumerate(learners):
+            _learn_more(l, 50 + 10 * r + i)
+        before = [l.shared_tensors() for l in learners]
+        _in_threads(turn, (syncs[0], learners[0]), (syncs[1], learners[1]))
+    a, b = learners[0].shared_tensors(), learners[1].shared_tensors()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = (before[0]["params/0.weight"] + before[1]["params/0.weight"]) / 2
+    assert not torch.allclose(a["params/0.weight"], plain)  # the slow step moved past the mean
+    assert torch.allclose(a["optimizer/exp_avg/0.weight"],  # the optimiser's moments are only averaged
+                          (before[0]["optimizer/exp_avg/0.weight"] + before[1]["optimizer/exp_avg/0.weight"]) / 2)
+    params = sum(v.numel() for v in learners[0].params.values())
+    plain_bytes = 4 * sum(v.numel() for v in a.values()) + 8 * 5
+    assert regs[0].get_sample_value("stream_meta_sync_bytes") == plain_bytes + 2 * 4 * params  # + anchor, momentum
+
+
+def test_momentum_and_overlap_are_refused_together():
+    env = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "m", "MASTER_PORT": "29500"}
+    with pytest.raises(ConfigError, match="sync-overlap"):
+        settings_from_env(env, 10, None, 30.0, overlap=True, momentum=0.5)
 
 
 def test_nosync_is_the_daemon_as_before():
