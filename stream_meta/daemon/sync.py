@@ -186,7 +186,8 @@ class Sync:
         says this member is leaving, so the others drop the group without counting a failure.
         """
         if self._pending is not None:
-            self._complete(self._pending, carry_local=True, wait_s=None if wait_for_all else min(self.settings.timeout_s, 5.0))
+            short = min(self.settings.timeout_s, 5.0)  # as the leaving round below
+            self._complete(self._pending, carry_local=True, wait_s=None if wait_for_all else short)
         if not wait_for_all:
             if self._pg is not None:
                 # A leaving member waits little for the others' next round: a stop has its own deadline.

@@ -153,7 +153,8 @@ def test_a_lost_member_fails_the_round_and_the_group_re_forms_when_it_is_back():
 
 def _learn_more(learner: OnlineMetaLearner, seed: int, records: int = 20) -> None:
     g = torch.Generator().manual_seed(seed)
-    learner.learn_batch([f"t{seed}"] * records, torch.randn(records, 6, generator=g), torch.randint(0, 3, (records,), generator=g))
+    x, y = torch.randn(records, 6, generator=g), torch.randint(0, 3, (records,), generator=g)
+    learner.learn_batch([f"t{seed}"] * records, x, y)
 
 
 def test_overlapped_rounds_do_not_block_and_apply_the_mean_one_round_late_keeping_local_steps():

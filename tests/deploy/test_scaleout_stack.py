@@ -43,8 +43,9 @@ def test_the_sync_panels_show_both_members_of_a_group(tmp_path):
     try:
         prom_log = tmp_path / "prometheus.log"
         procs.append(subprocess.Popen(
-            [tool("prometheus"), f"--config.file={_config(tmp_path, ports)}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+            [tool("prometheus"), f"--config.file={_config(tmp_path, ports)}",
+             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}",
+             "--log.level=warn"],
             stdout=open(prom_log, "wb"), stderr=subprocess.STDOUT))
         for rank, port in enumerate(ports):
             src = tmp_path / f"member-{rank}.jsonl"
@@ -60,7 +61,8 @@ def test_the_sync_panels_show_both_members_of_a_group(tmp_path):
         for rank, port in enumerate(ports):
             _wait(f"member {rank} learned its file and synced",
                   lambda: (t := _scrape(port)) and _sample(t, "stream_meta_records_learned_total") == len(records) // 2
-                  and _sample(t, "stream_meta_sync_members") == 2, 120, procs[rank + 1], tmp_path / f"member-{rank}.log")
+                  and _sample(t, "stream_meta_sync_members") == 2,
+                  120, procs[rank + 1], tmp_path / f"member-{rank}.log")
         scrape = _scrape(ports[0])
         assert set(scaleout_families()) <= set(exported(scrape))  # a member exports every sync family
         stack = Stack(ports[0], f"http://127.0.0.1:{prom_port}", "", 0, 0, 0, scrape)
