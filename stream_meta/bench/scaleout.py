@@ -175,11 +175,13 @@ class Config:
     momentum: float = 0.0
     overlap: bool = False
     kafka: bool = False
+    outer_lr: float = 1.0
 
     def flags(self) -> list[str]:
         if not self.sync:
             return []
         return (["--sync-momentum", str(self.momentum)] if self.momentum else []) + (
+            ["--sync-outer-lr", str(self.outer_lr)] if self.outer_lr != 1 else []) + (
             ["--sync-overlap"] if self.overlap else [])
 
 
@@ -232,6 +234,7 @@ def run(dataset: str, records: int | None, n_tasks: int | None, configs: list[Co
                         "source": "kafka" if cfg.kafka else "file", "sync_every": cfg.every if grouped else None,
                         "sync_momentum": cfg.momentum if grouped else None,
                         "sync_overlap": cfg.overlap if grouped else None,
+                        "sync_outer_lr": cfg.outer_lr if grouped else None,
                         "sync_rounds": latest[0].manifest.get("sync_round"),
                         "sync_bytes": _sync_bytes(latest[0].state["learner"], flags) if grouped else 0,
                         "accuracy_all_tasks": round(sum(accs) / len(accs), 4),
@@ -248,17 +251,20 @@ def run(dataset: str, records: int | None, n_tasks: int | None, configs: list[Co
 
 
 def configs_for(sync_everies: list[int], partitions: list[str], momenta: list[float], overlaps: list[bool],
-                kafka: bool) -> list[Config]:
-    """The table's rows: one daemon, members alone, groups (cadence x momentum x overlap), Kafka."""
+                kafka: bool, outer_lrs: tuple[float, ...] = (1.0,)) -> list[Config]:
+    """The table's rows: one daemon, members alone, groups (cadence x momentum x outer lr x overlap), Kafka."""
     out = [Config("single", 1, "iid", False)]
     for partition in partitions:
         out.append(Config(f"alone-{partition}", 2, partition, False))
         for every in sync_everies:
             for m in momenta:
-                for overlap in overlaps:
-                    label = f"group-{partition}-every{every}" + (f"-momentum{m:g}" if m else "") + (
-                        "-overlap" if overlap else "")
-                    out.append(Config(label, 2, partition, True, every, m, overlap))
+                for lr in outer_lrs:
+                    for overlap in overlaps:
+                        if overlap and (m or lr != 1):
+                            continue  # outer momentum / lr need blocking rounds
+                        label = f"group-{partition}-every{every}" + (f"-momentum{m:g}" if m else "") + (
+                            f"-outerlr{lr:g}" if lr != 1 else "") + ("-overlap" if overlap else "")
+                        out.append(Config(label, 2, partition, True, every, m, overlap, outer_lr=lr))
     if kafka:
         out.append(Config("kafka-single", 1, "noniid", False, kafka=True))
         for overlap in overlaps:
@@ -270,14 +276,16 @@ def configs_for(sync_everies: list[int], partitions: list[str], momenta: list[fl
 def print_table(rows: list[dict], repeat: int) -> None:
     base = {src: next(r for r in rows if r["members"] == 1 and r["source"] == src)
             for src in {r["source"] for r in rows}}
-    print(f"\n{'run':34} {'rec/s':>8} {'x one':>6} {'median':>8} {'x one':>6} {'in sync':>7} {'acc all':>8}  per member")
+    print(f"\n{'run':34} {'rec/s':>8} {'x one':>6} {'median':>8} {'x one':>6} {'in sync':>7} {'acc all':>8}  "
+          "per member")
     for r in rows:
         one = base[r["source"]]
         print(f"{r['run']:34} {r['records_per_s']:8.1f} {r['records_per_s'] / one['records_per_s']:6.2f} "
               f"{r['records_per_s_median']:8.1f} {r['records_per_s_median'] / one['records_per_s_median']:6.2f} "
               f"{r['sync_share']:7.1%} {r['accuracy_all_tasks']:8.4f}  {r['accuracy_per_member']}")
     for r in rows:
-        if r["members"] == 2 and r["sync_every"] == 10 and not r["sync_momentum"]:
+        plain = not r["sync_momentum"] and r["sync_outer_lr"] in (1, None)
+        if r["members"] == 2 and r["sync_every"] == 10 and plain:
             mode = "overlapped" if r["sync_overlap"] else "blocking"
             one = base[r["source"]]
             print(f"SPEED-UP {r['source']} {r['partition']} {mode}: 2 members at --sync-every 10 = "
@@ -289,14 +297,15 @@ def print_table(rows: list[dict], repeat: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stream-meta bench scaleout", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="example: stream-meta bench scaleout --sync-every 10 --partition iid,noniid "
-                                            "--tasks 40 --repeat 3 --kafka")
+                                     epilog="example: stream-meta bench scaleout --sync-every 10 "
+                                            "--partition iid,noniid --tasks 40 --repeat 3 --kafka")
     parser.add_argument("--dataset", default="digits-rotations", help="digits-rotations or digits-permutations")
     parser.add_argument("--records", type=int, default=None, help="stream length (default: all records of --tasks)")
     parser.add_argument("--tasks", type=int, default=None, help="tasks in the stream (default: the data set's, 10); "
                         "more tasks make a longer stream, so start-up effects weigh less")
     parser.add_argument("--sync-every", default="1,10,100", help="comma-separated meta-updates between rounds")
     parser.add_argument("--sync-momentum", default="0", help="comma-separated outer momenta (0: plain averaging)")
+    parser.add_argument("--sync-outer-lr", default="1", help="comma-separated slow learning rates (1: to the mean)")
     parser.add_argument("--overlap", default="off", help="comma-separated: off, on (the daemons' --sync-overlap)")
     parser.add_argument("--partition", default="iid,noniid", help="comma-separated: iid, noniid")
     parser.add_argument("--support", type=int, default=20, help="records each task is adapted on before scoring")
@@ -314,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     flags = ["--input-dim", "64", "--num-classes", "10", "--learn-batch", str(args.learn_batch)]
     configs = configs_for([int(v) for v in args.sync_every.split(",")], args.partition.split(","),
                           [float(v) for v in args.sync_momentum.split(",")],
-                          [v.strip() == "on" for v in args.overlap.split(",")], args.kafka)
+                          [v.strip() == "on" for v in args.overlap.split(",")], args.kafka,
+                          tuple(float(v) for v in args.sync_outer_lr.split(",")))
     print(f"load average at the start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     if args.kafka and args.bootstrap is None:
         from stream_meta.data.local_broker import LocalBroker

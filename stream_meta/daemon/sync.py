@@ -49,10 +49,11 @@ class SyncSettings:
     timeout_s: float = 30.0
     overlap: bool = False  # one-round-stale averaging: the all-reduce runs while the member learns on
     momentum: float = 0.0  # SlowMo's outer momentum on the averaged update (0: plain averaging)
+    outer_lr: float = 1.0  # SlowMo's slow learning rate: how far along the averaged update to move
 
 
 def settings_from_env(env: Mapping[str, str], every: int, every_s: float | None, timeout_s: float,
-                      overlap: bool = False, momentum: float = 0.0) -> SyncSettings | None:
+                      overlap: bool = False, momentum: float = 0.0, outer_lr: float = 1.0) -> SyncSettings | None:
     """The group from ``WORLD_SIZE``/``RANK``/``MASTER_ADDR``/``MASTER_PORT``; None without one.
     ``RANK`` may also be a StatefulSet pod name (``stream-meta-3`` -> 3)."""
     world = int(env.get("WORLD_SIZE", "1") or "1")
@@ -67,10 +68,10 @@ def settings_from_env(env: Mapping[str, str], every: int, every_s: float | None,
         raise ConfigError(f"RANK={rank} outside 0..WORLD_SIZE-1 ({world})")
     if not env.get("MASTER_ADDR") or not env.get("MASTER_PORT"):
         raise ConfigError("WORLD_SIZE > 1 needs MASTER_ADDR and MASTER_PORT (member 0's host and rendezvous port)")
-    if overlap and momentum:
-        raise ConfigError("--sync-momentum needs blocking rounds: it cannot be combined with --sync-overlap")
+    if overlap and (momentum or outer_lr != 1.0):
+        raise ConfigError("--sync-momentum and --sync-outer-lr need blocking rounds: not with --sync-overlap")
     return SyncSettings(rank, world, env["MASTER_ADDR"], int(env["MASTER_PORT"]), every, every_s, timeout_s, overlap,
-                        momentum)
+                        momentum, outer_lr)
 
 
 class SyncMetrics:
@@ -142,7 +143,8 @@ class Sync:
         self._last_attempt = -1e9
         self._pending: _Pending | None = None  # an overlapped round in flight
         self._layout: bool | None = None  # the group's last header: every member averages regulariser state
-        self._slow = SlowMomentum(settings.momentum) if settings.momentum else None
+        slow = settings.momentum or settings.outer_lr != 1.0
+        self._slow = SlowMomentum(settings.momentum, settings.outer_lr) if slow else None
         self.metrics.round.set(rounds)
         if settings.rank == 0:
             # Rank 0 hosts the rendezvous store for its whole life; others connect to it.

@@ -51,3 +51,10 @@ def test_no_slow_step_when_nobody_learned():
     assert float(out[0]["params/w"]) > 4.0  # learned: momentum carries it past the mean
     still = _group_round(members, [dict(out[0]), dict(out[1])], moved=False)
     assert torch.equal(still[0]["params/w"], out[0]["params/w"])  # waiting rounds do not drift
+
+
+def test_a_slow_learning_rate_scales_the_averaged_update_from_the_anchor():
+    members = [SlowMomentum(0.0, lr=1.5), SlowMomentum(0.0, lr=1.5)]
+    _group_round(members, [{"params/w": torch.tensor([1.0])}, {"params/w": torch.tensor([1.0])}])  # anchor 1
+    out = _group_round(members, [{"params/w": torch.tensor([2.0])}, {"params/w": torch.tensor([4.0])}])
+    assert torch.allclose(out[0]["params/w"], torch.tensor([1.0 + 1.5 * (3.0 - 1.0)]))  # anchor + lr * (mean - anchor)

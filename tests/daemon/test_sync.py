@@ -216,6 +216,8 @@ def test_momentum_and_overlap_are_refused_together():
     env = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "m", "MASTER_PORT": "29500"}
     with pytest.raises(ConfigError, match="sync-overlap"):
         settings_from_env(env, 10, None, 30.0, overlap=True, momentum=0.5)
+    with pytest.raises(ConfigError, match="sync-overlap"):
+        settings_from_env(env, 10, None, 30.0, overlap=True, outer_lr=1.5)
 
 
 def test_nosync_is_the_daemon_as_before():
