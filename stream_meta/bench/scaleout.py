@@ -310,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partition", default="iid,noniid", help="comma-separated: iid, noniid")
     parser.add_argument("--support", type=int, default=20, help="records each task is adapted on before scoring")
     parser.add_argument("--learn-batch", type=int, default=1, help="the daemons' --learn-batch")
+    parser.add_argument("--preset", default=None, help="the daemons' --preset (default: the daemon's default learner)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each configuration (best and median reported)")
     parser.add_argument("--kafka", action="store_true", help="also one daemon and a 2-member group through the "
                         "bundled broker (--bootstrap: another), one topic with 2 partitions keyed by task")
@@ -321,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeat must be >= 1")
     torch.set_num_threads(1)
     flags = ["--input-dim", "64", "--num-classes", "10", "--learn-batch", str(args.learn_batch)]
+    if args.preset is not None:
+        flags += ["--preset", args.preset]
     configs = configs_for([int(v) for v in args.sync_every.split(",")], args.partition.split(","),
                           [float(v) for v in args.sync_momentum.split(",")],
                           [v.strip() == "on" for v in args.overlap.split(",")], args.kafka,
