@@ -138,6 +138,7 @@ class Service:
                 now = time.monotonic()
                 self.batcher.add(polled, now)
                 busy_from = time.perf_counter()  # elapsed_seconds counts processing, never waiting
+                cpu_from = time.process_time()
                 at_end = self.settings.stop_at_end and self.source.backlog_done()
                 processed = False
                 for records, arrived in self.batcher.ready(now, drain=at_end):
@@ -148,6 +149,7 @@ class Service:
                 self.sync.after_learn(self.learner.meta_updates)  # also idle: time-based rounds (--sync-every-s)
                 if polled or at_end:
                     self.stats.elapsed_seconds += time.perf_counter() - busy_from
+                    self.stats.cpu_seconds += time.process_time() - cpu_from
                 if processed:
                     self.stats.stream_seconds += time.monotonic() - poll_from
                 self._update_gauges()

@@ -32,15 +32,17 @@ def test_rows_skip_what_cannot_run_and_name_every_option():
 
 
 def test_the_rate_is_all_records_over_the_slowest_members_processing_time(capsys):
-    summaries = [{"records_consumed": 600, "elapsed_seconds": 2.0, "records_per_second": 300.0},
-                 {"records_consumed": 400, "elapsed_seconds": 4.0, "records_per_second": 100.0}]
+    summaries = [{"records_consumed": 600, "elapsed_seconds": 2.0, "records_per_second": 300.0, "cpu_seconds": 1.0},
+                 {"records_consumed": 400, "elapsed_seconds": 4.0, "records_per_second": 100.0, "cpu_seconds": 2.0}]
     got = _attempt(Config("g", 2, "iid", True), summaries, [{"sync_seconds": 1.0}, {"sync_seconds": 0.5}])
-    assert got["records_per_s"] == 250.0 and got["sync_share"] == 0.25
+    assert got["records_per_s"] == 250.0 and got["sync_share"] == 0.25 and got["records_per_cpu_s"] == 500.0
     base = {"members": 1, "source": "file", "records_per_s": 125.0, "records_per_s_median": 100.0,
+            "records_per_cpu_s": 300.0,
             "sync_share": 0.0, "accuracy_all_tasks": 0.8, "accuracy_per_member": [0.8], "run": "single",
             "sync_every": None, "sync_momentum": None, "sync_outer_lr": None, "sync_overlap": None, "partition": "iid"}
     group = {**base, "members": 2, "run": "g", "records_per_s": 250.0, "records_per_s_median": 180.0,
+             "records_per_cpu_s": 540.0,
              "sync_every": 10, "sync_momentum": 0.0, "sync_outer_lr": 1.0, "sync_overlap": False}
     print_table([base, group], repeat=3)
     line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("SPEED-UP"))
-    assert "2.00x one member (best of 3; median 1.80x" in line
+    assert "2.00x one member (best of 3; median 1.80x" in line and "per CPU-second 1.80x" in line
