@@ -15,6 +15,12 @@ Faults: every collective has ``sync_timeout_s``. A failed or timed-out round is 
 group is not reusable) and the member learns alone; at later due rounds it re-forms the
 group through a c10d TCPStore rendezvous with a generation number, so a restarted member
 rejoins. Rank 0 hosts the store for life; if rank 0 dies the others wait for it.
+
+Options: ``overlap`` (``--sync-overlap``) starts a round's all-reduces without waiting and
+applies the result at the next round, plus what the member learned meanwhile (one round
+stale; the first round of a group and the end-of-stream rounds stay blocking, so members
+still end equal). ``momentum``/``outer_lr`` apply SlowMo's outer step (daemon/slowmo.py)
+to the averaged meta-parameters.
 """
 
 from __future__ import annotations
@@ -317,7 +323,7 @@ class Sync:
             return None
         header, body, sent = pending.header, pending.body, pending.sent
         weight_sum, members = float(header[0]), int(header[2])
-        if weight_sum > 0:  # nobody learned: nothing new to take
+        if weight_sum > 0:  # (0: nobody learned since the last round, nothing new to take)
             averaged, at = {}, 0
             for k, v in sent.items():
                 averaged[k] = (body[at:at + v.numel()] / weight_sum).reshape(v.shape).to(v.dtype)
