@@ -190,6 +190,13 @@ class RunConfig(BaseModel):
                                        "round (lets an idle member take part)")
     sync_timeout_s: float = Field(30.0, gt=0, description="a sync round or rendezvous not done within this long "
                                   "fails: counted, logged, the member learns alone and re-forms the group later")
+    sync_momentum: float = Field(0.0, ge=0, lt=1, description="SlowMo outer momentum on each round's averaged "
+                                 "update of the meta-parameters (slow lr 1); 0 = plain averaging")
+    sync_outer_lr: float = Field(1.0, gt=0, le=4, description="SlowMo slow learning rate: each round moves the "
+                                 "meta-parameters this far along the group's averaged update (1 = to the mean)")
+    sync_overlap: bool = Field(False, description="run each round's all-reduce while the member learns on and apply "
+                               "it at the next round (one round stale, local steps kept): no member waits for a slower "
+                               "one unless it falls a whole round behind")
 
     @model_validator(mode="before")
     @classmethod

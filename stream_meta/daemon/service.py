@@ -142,6 +142,7 @@ class Service:
                 now = time.monotonic()
                 self.batcher.add(polled, now)
                 busy_from = time.perf_counter()  # elapsed_seconds counts processing, never waiting
+                cpu_from = time.process_time()
                 at_end = self.settings.stop_at_end and self.source.backlog_done()
                 processed = False
                 lags = self.source.partition_lags() if self.settings.labels_topic else None
@@ -155,6 +156,7 @@ class Service:
                     self.source.pause_only(self.batcher.full())
                 if polled or at_end:
                     self.stats.elapsed_seconds += time.perf_counter() - busy_from
+                    self.stats.cpu_seconds += time.process_time() - cpu_from
                 if processed:
                     self.stats.stream_seconds += time.monotonic() - poll_from
                 self._update_gauges()

@@ -44,6 +44,9 @@ class RunStats:
         self.elapsed_seconds = 0.0  # time spent processing records, summed over the daemon's lives (no idle polls)
         # ... and polling plus processing, over the polls that brought records (consume + learn)
         self.stream_seconds = 0.0
+        # CPU time of the whole process (all threads) over those processing spells: what a record
+        # costs whatever else the machine runs (bench scaleout compares members by it)
+        self.cpu_seconds = 0.0
 
     def next_position(self, task: str) -> int:
         """The 1-based position the next labelled record of ``task`` takes."""
@@ -97,6 +100,7 @@ class RunStats:
             "stream_seconds": round(self.stream_seconds, 3),
             "records_per_stream_second": (round(self.records_consumed / self.stream_seconds, 1)
                                           if self.stream_seconds > 0 else None),
+            "cpu_seconds": round(self.cpu_seconds, 3),
         }
 
     def state_dict(self) -> dict:
@@ -107,6 +111,7 @@ class RunStats:
             ],
             "elapsed_seconds": self.elapsed_seconds,
             "stream_seconds": self.stream_seconds,
+            "cpu_seconds": self.cpu_seconds,
             "rejected_by_reason": dict(self.rejected_by_reason),
             "by_bucket": {b: list(v) for b, v in self.by_bucket.items()},
             "window": list(self._window),
@@ -120,6 +125,7 @@ class RunStats:
         ) = (int(v) for v in state["counters"])
         self.elapsed_seconds = float(state["elapsed_seconds"])
         self.stream_seconds = float(state.get("stream_seconds", 0.0))  # absent before it existed
+        self.cpu_seconds = float(state.get("cpu_seconds", 0.0))  # (as is this)
         self.rejected_by_reason = Counter({k: int(v) for k, v in state["rejected_by_reason"].items()})
         self.by_bucket = {b: [int(c), int(n)] for b, (c, n) in state["by_bucket"].items()}
         self._window = deque((int(v) for v in state["window"]), maxlen=self.accuracy_window)

@@ -15,6 +15,12 @@ Faults: every collective has ``sync_timeout_s``. A failed or timed-out round is 
 group is not reusable) and the member learns alone; at later due rounds it re-forms the
 group through a c10d TCPStore rendezvous with a generation number, so a restarted member
 rejoins. Rank 0 hosts the store for life; if rank 0 dies the others wait for it.
+
+Options: ``overlap`` (``--sync-overlap``) starts a round's all-reduces without waiting and
+applies the result at the next round, plus what the member learned meanwhile (one round
+stale; the first round of a group and the end-of-stream rounds stay blocking, so members
+still end equal). ``momentum``/``outer_lr`` apply SlowMo's outer step (daemon/slowmo.py)
+to the averaged meta-parameters.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 import torch.distributed as dist
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from stream_meta.daemon.slowmo import SlowMomentum
 from stream_meta.errors import ConfigError
 from stream_meta.learn.base import Learner
 
@@ -46,9 +53,13 @@ class SyncSettings:
     every: int = 10
     every_s: float | None = None
     timeout_s: float = 30.0
+    overlap: bool = False  # one-round-stale averaging: the all-reduce runs while the member learns on
+    momentum: float = 0.0  # SlowMo's outer momentum on the averaged update (0: plain averaging)
+    outer_lr: float = 1.0  # SlowMo's slow learning rate: how far along the averaged update to move
 
 
-def settings_from_env(env: Mapping[str, str], every: int, every_s: float | None, timeout_s: float) -> SyncSettings | None:
+def settings_from_env(env: Mapping[str, str], every: int, every_s: float | None, timeout_s: float,
+                      overlap: bool = False, momentum: float = 0.0, outer_lr: float = 1.0) -> SyncSettings | None:
     """The group from ``WORLD_SIZE``/``RANK``/``MASTER_ADDR``/``MASTER_PORT``; None without one.
     ``RANK`` may also be a StatefulSet pod name (``stream-meta-3`` -> 3)."""
     world = int(env.get("WORLD_SIZE", "1") or "1")
@@ -63,7 +74,10 @@ def settings_from_env(env: Mapping[str, str], every: int, every_s: float | None,
         raise ConfigError(f"RANK={rank} outside 0..WORLD_SIZE-1 ({world})")
     if not env.get("MASTER_ADDR") or not env.get("MASTER_PORT"):
         raise ConfigError("WORLD_SIZE > 1 needs MASTER_ADDR and MASTER_PORT (member 0's host and rendezvous port)")
-    return SyncSettings(rank, world, env["MASTER_ADDR"], int(env["MASTER_PORT"]), every, every_s, timeout_s)
+    if overlap and (momentum or outer_lr != 1.0):
+        raise ConfigError("--sync-momentum and --sync-outer-lr need blocking rounds: not with --sync-overlap")
+    return SyncSettings(rank, world, env["MASTER_ADDR"], int(env["MASTER_PORT"]), every, every_s, timeout_s, overlap,
+                        momentum, outer_lr)
 
 
 class SyncMetrics:
@@ -83,6 +97,18 @@ class SyncMetrics:
                                 "group mean, before the last averaging", registry=registry)
         self.round = Gauge("stream_meta_sync_round", "Rounds this member took part in (checkpointed)",
                            registry=registry)
+
+
+@dataclass
+class _Pending:
+    """An overlapped round in flight: what was sent, and its gloo work handles."""
+
+    header: torch.Tensor
+    body: torch.Tensor
+    sent: dict[str, torch.Tensor]  # name -> the tensor as sent, in the body's order
+    works: list
+    leaving: bool
+    seconds: float  # blocking time spent starting it
 
 
 class NoSync:
@@ -113,6 +139,7 @@ class Sync:
         self.learner, self.settings, self.metrics = learner, settings, metrics
         self.rounds = rounds  # restored from the checkpoint by the caller
         self.failures = 0
+        self.seconds = 0.0  # wall time in rounds, waiting for the others included (checkpointed)
         self._pg: dist.ProcessGroup | None = None
         self._store: dist.TCPStore | None = None
         self._server: dist.TCPStore | None = None
@@ -120,6 +147,10 @@ class Sync:
         self._learned = False  # meta-updates since the last round: this member's weight
         self._last_round = time.monotonic()
         self._last_attempt = -1e9
+        self._pending: _Pending | None = None  # an overlapped round in flight
+        self._layout: bool | None = None  # the group's last header: every member averages regulariser state
+        slow = settings.momentum or settings.outer_lr != 1.0
+        self._slow = SlowMomentum(settings.momentum, settings.outer_lr) if slow else None
         self.metrics.round.set(rounds)
         if settings.rank == 0:
             # Rank 0 hosts the rendezvous store for its whole life; others connect to it.
@@ -146,7 +177,13 @@ class Sync:
         self._last_round = time.monotonic()
         if self._pg is None and not self._rejoin():
             return
-        self._round(done=False)
+        if not self.settings.overlap or self._layout is None:
+            self._round(done=False)  # also the first round of every group in overlap mode: it fixes the layout
+            return
+        if self._pending is not None and self._complete(self._pending, carry_local=True) is None:
+            return
+        if self._pg is not None:  # (a member may have left in the round just completed)
+            self._pending = self._launch(done=False)
 
     def finish(self, wait_for_all: bool = False) -> None:
         """At a clean stop, hand the group this member's last updates.
@@ -156,6 +193,9 @@ class Sync:
         that dies ends it early). Otherwise (signal, ``--max-records``, idle): one round that
         says this member is leaving, so the others drop the group without counting a failure.
         """
+        if self._pending is not None:
+            short = min(self.settings.timeout_s, 5.0)  # as the leaving round below
+            self._complete(self._pending, carry_local=True, wait_s=None if wait_for_all else short)
         if not wait_for_all:
             if self._pg is not None:
                 # A leaving member waits little for the others' next round: a stop has its own deadline.
@@ -177,24 +217,31 @@ class Sync:
     def info(self) -> dict:
         """What the checkpoint manifest records."""
         return {"sync_round": self.rounds, "sync_rank": self.settings.rank,
-                "sync_world_size": self.settings.world_size}
+                "sync_world_size": self.settings.world_size, "sync_seconds": round(self.seconds, 3)}
 
     def restore(self, manifest: dict) -> None:
         """The round count continues from the checkpoint; the next round re-aligns the tensors."""
         self.rounds = int(manifest.get("sync_round", self.rounds))
+        self.seconds = float(manifest.get("sync_seconds", self.seconds))
         self.metrics.round.set(self.rounds)
         self._last_updates = None  # sync at the first turn: re-align after a restart
 
     def close(self) -> None:
         self._pg = None
+        self._pending = None
         self._store = None
 
     # -- one round ------------------------------------------------------------
     def _round(self, done: bool, leaving: bool = False, wait_s: float | None = None) -> torch.Tensor | None:
         """One averaging round; the summed header (weights, done, members, has-regulariser, leaving)."""
+        if self.settings.overlap and self._layout is not None:
+            pending = self._launch(done, leaving)
+            return None if pending is None else self._complete(pending, carry_local=False, wait_s=wait_s)
         started = time.perf_counter()
         shared = self.learner.shared_tensors()
         has_reg = any(k.startswith("regularizer/") for k in shared)
+        if self._slow is not None:
+            shared.update(self._slow.tensors(shared))
         header = torch.tensor([1.0 if self._learned else 0.0, float(done), 1.0, float(has_reg), float(leaving)],
                               dtype=torch.float64)
         try:
@@ -218,20 +265,80 @@ class Sync:
         params = [k for k in names if k.startswith("params/")]
         self.metrics.divergence.set(float(torch.sqrt(sum(((shared[k].double() - averaged[k].double()) ** 2).sum()
                                                          for k in params))))
+        if self._slow is not None:
+            averaged = self._slow.step(averaged, moved=weight_sum > 0)
         self.learner.load_shared(averaged)
         self._learned = False
+        self._layout = int(header[3]) == members
+        return self._counted(header, body, time.perf_counter() - started, leaving)
+
+    def _counted(self, header: torch.Tensor, body: torch.Tensor, seconds: float, leaving: bool) -> torch.Tensor:
+        """A completed round: metrics; a member that said it leaves drops the group here."""
+        members = int(header[2])
         self.rounds += 1
         self.metrics.rounds.inc()
         self.metrics.round.set(self.rounds)
         self.metrics.members.set(members)
         self.metrics.bytes.set(body.numel() * body.element_size() + header.numel() * header.element_size())
-        self.metrics.seconds.observe(time.perf_counter() - started)
+        self.metrics.seconds.observe(seconds)
+        self.seconds += seconds
         if header[4] > 0 and not leaving:
             # A member stopped cleanly: the group is re-formed when it (or a replacement) is back.
             log.info("a member left the group after round %d; learning alone until it re-forms", self.rounds)
             self._pg = None
             self.metrics.members.set(0)
         return header
+
+    # -- overlapped rounds (--sync-overlap) -------------------------------------
+    def _launch(self, done: bool, leaving: bool = False) -> _Pending | None:
+        """Starts header and body all-reduces together (no header first: nothing waits); the layout
+        is the one the group's previous round agreed, the weight is 1 if this member learned."""
+        started = time.perf_counter()
+        shared = self.learner.shared_tensors()
+        names = sorted(k for k in shared if self._layout or not k.startswith("regularizer/"))
+        weight = 1.0 if self._learned else 0.0
+        has_reg = any(k.startswith("regularizer/") for k in shared)
+        header = torch.tensor([weight, float(done), 1.0, float(has_reg), float(leaving)], dtype=torch.float64)
+        body = torch.cat([shared[k].reshape(-1).to(torch.float32) for k in names]) * weight
+        try:
+            works = [self._pg.allreduce([header]), self._pg.allreduce([body])]
+        except (RuntimeError, dist.DistError) as exc:
+            self._fail("all-reduce", exc)
+            return None
+        self._learned = False  # what this member learns from here on goes into the next round
+        return _Pending(header, body, {k: shared[k] for k in names}, works, leaving, time.perf_counter() - started)
+
+    def _complete(self, pending: _Pending, carry_local: bool, wait_s: float | None = None) -> torch.Tensor | None:
+        """Waits for an overlapped round and applies it: the group's mean of what was sent plus, with
+        ``carry_local``, what this member learned since it sent (so no local step is lost)."""
+        started = time.perf_counter()
+        self._pending = None
+        wait_s = self.settings.timeout_s if wait_s is None else wait_s
+        try:
+            for work in pending.works:
+                if not work.wait(timedelta(seconds=wait_s)):
+                    raise RuntimeError(f"all-reduce did not finish within {wait_s}s")
+        except (RuntimeError, dist.DistError) as exc:
+            self._fail("all-reduce", exc)
+            return None
+        header, body, sent = pending.header, pending.body, pending.sent
+        weight_sum, members = float(header[0]), int(header[2])
+        if weight_sum > 0:  # (0: nobody learned since the last round, nothing new to take)
+            averaged, at = {}, 0
+            for k, v in sent.items():
+                averaged[k] = (body[at:at + v.numel()] / weight_sum).reshape(v.shape).to(v.dtype)
+                at += v.numel()
+            self.metrics.divergence.set(float(torch.sqrt(sum(((sent[k].double() - averaged[k].double()) ** 2).sum()
+                                                             for k in sent if k.startswith("params/")))))
+            if carry_local:
+                now = self.learner.shared_tensors()
+                averaged = {k: v + (now[k] - sent[k]) for k, v in averaged.items()}
+                for k in averaged:
+                    if k.startswith("optimizer/exp_avg_sq/"):  # a second moment stays >= 0 whatever the deltas
+                        averaged[k].clamp_(min=0.0)
+            self.learner.load_shared(averaged)
+        self._layout = int(header[3]) == members
+        return self._counted(header, body, pending.seconds + time.perf_counter() - started, pending.leaving)
 
     def _all_reduce(self, tensor: torch.Tensor, wait_s: float | None = None) -> None:
         wait_s = self.settings.timeout_s if wait_s is None else wait_s
@@ -246,6 +353,7 @@ class Sync:
         log.warning("sync %s failed (round %d, rank %d of %d): %s; learning alone until the group re-forms",
                     stage, self.rounds, self.settings.rank, self.settings.world_size, str(exc).splitlines()[0])
         self._pg = None  # a gloo group that timed out is not reusable
+        self._pending, self._layout = None, None
         if self.settings.rank != 0:
             self._store = None  # the store may be a new one (rank 0 restarted): reconnect next time
 
@@ -292,6 +400,7 @@ class Sync:
                 arrived = store.add(f"arrived/{generation}", 0)
             prefix = dist.PrefixStore(f"group/{generation}/", store)
             self._pg = dist.ProcessGroupGloo(prefix, s.rank, s.world_size, self._timeout)
+            self._pending, self._layout = None, None  # a new group's first round fixes its layout
         except (RuntimeError, dist.DistError, TimeoutError, OSError) as exc:
             self._fail("rendezvous", exc)
             return False

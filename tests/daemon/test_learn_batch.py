@@ -49,6 +49,7 @@ def test_every_record_is_predicted_before_anything_of_its_batch_is_learned(tmp_p
     # consume + learn time covers the processing time and the polls that brought records
     assert summary["stream_seconds"] > 0
     assert summary["records_per_stream_second"] == pytest.approx(len(recs) / summary["stream_seconds"], rel=1e-2)
+    assert summary["cpu_seconds"] > 0  # the process's CPU time over the same processing spells
 
 
 def test_a_batch_makes_at_most_one_meta_update_per_task(tmp_path):

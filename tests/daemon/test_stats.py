@@ -12,6 +12,7 @@ def test_accuracy_by_position_and_round_trip():
     for i in range(12):
         s.observe_prediction("a", correct=i >= 5)
     s.observe_prediction("b", correct=True)
+    s.cpu_seconds = 1.25
     summary = s.summary()
     assert summary["accuracy_by_task_position"]["1-5"] == 1 / 6  # a:0 of 5, b:1 of 1
     assert summary["accuracy_by_task_position"]["6-10"] == 1.0
@@ -19,4 +20,5 @@ def test_accuracy_by_position_and_round_trip():
     t = RunStats(accuracy_window=4)
     t.load_state_dict(s.state_dict())
     assert t.summary() == summary and t.next_position("a") == 13
+    assert t.cpu_seconds == 1.25  # checkpointed with the rest
     assert "accuracy at task position" in format_summary(summary)

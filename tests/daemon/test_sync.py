@@ -61,12 +61,13 @@ def test_shared_tensors_round_trip_including_optimiser_moments():
     assert torch.equal(b.optimizer.state[p]["exp_avg"], a.optimizer.state[a.params[next(iter(a.params))]]["exp_avg"])
 
 
-def _pair(learners, port, timeout_s=10.0, every=1):
+def _pair(learners, port, timeout_s=10.0, every=1, overlap=False, momentum=0.0):
     syncs: list[Sync | None] = [None, None]
     regs = [CollectorRegistry(), CollectorRegistry()]
 
     def start(rank):
-        syncs[rank] = Sync(learners[rank], SyncSettings(rank, 2, "127.0.0.1", port, every, None, timeout_s),
+        syncs[rank] = Sync(learners[rank], SyncSettings(rank, 2, "127.0.0.1", port, every, None, timeout_s, overlap,
+                                                        momentum),
                            SyncMetrics(regs[rank]))
 
     threads = [threading.Thread(target=start, args=(r,)) for r in (0, 1)]
@@ -148,6 +149,75 @@ def test_a_lost_member_fails_the_round_and_the_group_re_forms_when_it_is_back():
     a, b = learners[0].shared_tensors(), learners[1].shared_tensors()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert reg1.get_sample_value("stream_meta_sync_rounds_total") == 1
+
+
+def _learn_more(learner: OnlineMetaLearner, seed: int, records: int = 20) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(records, 6, generator=g), torch.randint(0, 3, (records,), generator=g)
+    learner.learn_batch([f"t{seed}"] * records, x, y)
+
+
+def test_overlapped_rounds_do_not_block_and_apply_the_mean_one_round_late_keeping_local_steps():
+    learners = [_learner(1), _learner(2)]
+    syncs, regs = _pair(learners, _port(), overlap=True)
+    turn = lambda s, l: s.after_learn(l.meta_updates)  # what the service calls after each learn batch
+    for i, l in enumerate(learners):
+        _learn_more(l, 10 + i)
+    # The first round of a group is a blocking one (it fixes the layout): both equal after it.
+    _in_threads(turn, (syncs[0], learners[0]), (syncs[1], learners[1]))
+    first = [l.shared_tensors() for l in learners]
+    assert all(torch.equal(first[0][k], first[1][k]) for k in first[0])
+    for i, l in enumerate(learners):
+        _learn_more(l, 20 + i)
+    sent = [l.shared_tensors() for l in learners]
+    turn(syncs[0], learners[0])  # member 1 has not arrived: an overlapped round returns at once
+    turn(syncs[1], learners[1])
+    assert all(torch.equal(l.shared_tensors()[k], sent[i][k]) for i, l in enumerate(learners) for k in sent[i])
+    for i, l in enumerate(learners):
+        _learn_more(l, 30 + i)
+    now = [l.shared_tensors() for l in learners]
+    _in_threads(turn, (syncs[0], learners[0]), (syncs[1], learners[1]))  # completes round 2, starts round 3
+    for i, l in enumerate(learners):
+        got = l.shared_tensors()
+        for k in (k for k in got if k.startswith("params/")):
+            want = (sent[0][k].double() + sent[1][k].double()) / 2 + (now[i][k].double() - sent[i][k].double())
+            assert torch.allclose(got[k].double(), want, atol=1e-5), k
+    assert not torch.equal(learners[0].params["0.weight"], learners[1].params["0.weight"])  # each kept its late steps
+    _learn_more(learners[1], 40)  # member 1 learns on (and starts round 4); member 0 is done
+    turn(syncs[1], learners[1])
+    _in_threads(lambda s: s.finish(wait_for_all=True), (syncs[0],), (syncs[1],))
+    a, b = learners[0].shared_tensors(), learners[1].shared_tensors()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # equal after the last round, as without overlap
+    assert regs[0].get_sample_value("stream_meta_sync_failures_total") == 0
+    assert syncs[0].rounds == syncs[1].rounds >= 4
+
+
+def test_outer_momentum_gives_both_members_the_same_meta_parameters_past_the_plain_mean():
+    learners = [_learner(1), _learner(2)]
+    syncs, regs = _pair(learners, _port(), momentum=0.9)
+    turn = lambda s, l: s.after_learn(l.meta_updates)
+    for r in range(3):
+        for i, l in enumerate(learners):
+            _learn_more(l, 50 + 10 * r + i)
+        before = [l.shared_tensors() for l in learners]
+        _in_threads(turn, (syncs[0], learners[0]), (syncs[1], learners[1]))
+    a, b = learners[0].shared_tensors(), learners[1].shared_tensors()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = (before[0]["params/0.weight"] + before[1]["params/0.weight"]) / 2
+    assert not torch.allclose(a["params/0.weight"], plain)  # the slow step moved past the mean
+    assert torch.allclose(a["optimizer/exp_avg/0.weight"],  # the optimiser's moments are only averaged
+                          (before[0]["optimizer/exp_avg/0.weight"] + before[1]["optimizer/exp_avg/0.weight"]) / 2)
+    params = sum(v.numel() for v in learners[0].params.values())
+    plain_bytes = 4 * sum(v.numel() for v in a.values()) + 8 * 5
+    assert regs[0].get_sample_value("stream_meta_sync_bytes") == plain_bytes + 2 * 4 * params  # + anchor, momentum
+
+
+def test_momentum_and_overlap_are_refused_together():
+    env = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "m", "MASTER_PORT": "29500"}
+    with pytest.raises(ConfigError, match="sync-overlap"):
+        settings_from_env(env, 10, None, 30.0, overlap=True, momentum=0.5)
+    with pytest.raises(ConfigError, match="sync-overlap"):
+        settings_from_env(env, 10, None, 30.0, overlap=True, outer_lr=1.5)
 
 
 def test_nosync_is_the_daemon_as_before():

@@ -82,11 +82,13 @@ def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
     return out
 
 
-def test_two_members_end_with_equal_meta_parameters_and_learn_every_record_once(tmp_path):
+@pytest.mark.parametrize("rounds", [(), ("--sync-overlap",), ("--sync-momentum", "0.5", "--sync-outer-lr", "1.5")],
+                         ids=["blocking", "overlapped", "slowmo"])
+def test_two_members_end_with_equal_meta_parameters_and_learn_every_record_once(tmp_path, rounds):
     (a_src, a_n), (b_src, b_n) = _split_by_task(tmp_path, 600)
     port = _free_port()
-    procs = [_member(0, port, a_src, tmp_path / "a", "--stop-at-end"),
-             _member(1, port, b_src, tmp_path / "b", "--stop-at-end")]
+    procs = [_member(0, port, a_src, tmp_path / "a", "--stop-at-end", *rounds),
+             _member(1, port, b_src, tmp_path / "b", "--stop-at-end", *rounds)]
     logs = [_finish(p) for p in procs]
     a, b = _inspect(tmp_path / "a"), _inspect(tmp_path / "b")
     assert a["meta_parameters_sha256"] == b["meta_parameters_sha256"], logs

@@ -69,3 +69,18 @@ def alert_exprs(rules: dict) -> list[tuple[str, str]]:
 # Families exported only by some learners: the seed learners' own health metrics have no
 # series under the default learner the live stack runs (the family is registered, empty).
 LEARNER_SPECIFIC = frozenset({"stream_meta_learner_health"})
+
+
+def scaleout_families() -> dict[str, set[str]]:
+    """Family -> sample names of the scale-out metrics, from the real SyncMetrics: they exist only
+    on a member of a group (WORLD_SIZE > 1), so a lone daemon's scrape has none of them."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from stream_meta.daemon.sync import SyncMetrics
+
+    registry = CollectorRegistry()
+    SyncMetrics(registry)
+    return exported(generate_latest(registry).decode())
+
+
+SCALEOUT = frozenset(n for samples in scaleout_families().values() for n in samples)

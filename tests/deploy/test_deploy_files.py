@@ -13,7 +13,7 @@ import yaml
 from stream_meta.cli.main import _parser
 from stream_meta.daemon.config import RunConfig, load_config
 from tests.deploy.conftest import DEPLOY, ROOT, tool
-from tests.deploy.promql import SYNTHETIC, alert_exprs, dashboard_exprs, exported, metric_names
+from tests.deploy.promql import SCALEOUT, SYNTHETIC, alert_exprs, dashboard_exprs, exported, metric_names
 from tests.deploy.settings import generated_files, k8s_docs, loadable_config, loadable_env
 
 PROM = DEPLOY / "prometheus"
@@ -34,6 +34,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("args", [
     ("check", "config", "prometheus.yml"),
+    ("check", "config", "prometheus.scaleout.yml"),
     ("check", "rules", "alerts.yml"),
     ("test", "rules", "alerts.test.yml"),
 ], ids=" ".join)
@@ -51,7 +52,8 @@ def test_every_alert_has_a_firing_unit_test():
 
 # -- every expression names a metric the daemon exports (from a live scrape) --------------------
 def _exported_names(live_stack) -> set[str]:
-    return {name for samples in exported(live_stack.scrape).values() for name in samples} | SYNTHETIC
+    # a lone daemon does not export the scale-out families; their names come from the real SyncMetrics
+    return {name for samples in exported(live_stack.scrape).values() for name in samples} | SYNTHETIC | SCALEOUT
 
 
 @pytest.mark.integration  # live_stack: a broker, the daemon and Prometheus
@@ -99,7 +101,8 @@ def test_grafana_provisioning_points_at_the_dashboard_and_datasource():
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Is it learning?", "Is it adapting?", "Is it forgetting?", "Is it keeping up?", "Is it healthy?"]
+    assert rows == ["Is it learning?", "Is it adapting?", "Is it forgetting?", "Is it keeping up?", "Is it healthy?",
+                    "Is the group in step?"]
 
 
 # -- docker compose -----------------------------------------------------------------------------

@@ -90,3 +90,23 @@ def test_statefulset_wires_the_rendezvous_ordinal_as_rank_and_a_volume_per_membe
     assert mounts[claim["metadata"]["name"]] == env["STREAM_META_CHECKPOINT_DIR"]
     volumes = {v["name"] for v in spec["template"]["spec"]["volumes"]}
     assert claim["metadata"]["name"] not in volumes  # per member, not the base's shared claim
+
+
+def test_compose_prometheus_scrapes_both_members_with_the_base_job_alerts_and_flags():
+    base = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]["prometheus"]
+    over = _override()["services"]["prometheus"]
+    config_flag = next(a for a in over["command"] if a.startswith("--config.file="))
+    mount = next(v for v in base["volumes"] if v.startswith("./prometheus:")).split(":")[1]
+    path = config_flag.split("=", 1)[1]
+    assert path.startswith(mount + "/")
+    cfg = yaml.safe_load((DEPLOY / "prometheus" / path[len(mount) + 1:]).read_text())
+    base_cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert cfg["global"] == base_cfg["global"] and cfg["rule_files"] == base_cfg["rule_files"]
+    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "stream-meta"]  # the job the alerts select
+    targets = [t for sc in job["static_configs"] for t in sc["targets"]]
+    port = {name: load_config({}, env={k: str(v) for k, v in env.items()}).metrics_port
+            for name, env in _members().items()}
+    assert sorted(targets) == sorted(f"{name}:{p}" for name, p in port.items())  # every member, its metrics port
+    keep = lambda cmd: sorted(a for a in cmd if not a.startswith("--config.file="))
+    assert keep(over["command"]) == keep(base["command"])  # storage, retention, lifecycle as in the base
+    assert "stream-meta-1" in over["depends_on"]
