@@ -5,13 +5,9 @@ group per run (so every run reads the whole topic from the start)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from stream_meta.bench.scaleout import member_of, run_members
+from stream_meta.bench.members import member_of, run_members
 from stream_meta.daemon.records import encode
-
-if TYPE_CHECKING:
-    from stream_meta.bench.scaleout import Config
 
 _published: set[tuple[str, str]] = set()  # (bootstrap, topic) already filled by this process
 
@@ -34,13 +30,13 @@ def publish(bootstrap: str, topic: str, dataset: str, records: int | None, n_tas
     producer.close()
 
 
-def run_kafka_members(bootstrap: str, dataset: str, records: int | None, n_tasks: int | None, cfg: Config,
-                      work: Path, flags: list[str]) -> list[dict]:
-    """``cfg.members`` daemons in one new consumer group on the stream's topic; their summaries."""
+def run_kafka_members(bootstrap: str, dataset: str, records: int | None, n_tasks: int | None, members: int,
+                      work: Path, sync: bool, sync_every: int, flags: list[str]) -> list[dict]:
+    """``members`` daemons in one new consumer group on the stream's topic; their summaries."""
     topic = f"bench-scaleout.{dataset}.{n_tasks or 'all'}.{records or 'all'}"
     if (bootstrap, topic) not in _published:
         publish(bootstrap, topic, dataset, records, n_tasks)
         _published.add((bootstrap, topic))
     source = ["--bootstrap", bootstrap, "--topic", topic, "--group", f"bench-{work.name}",
               "--session-timeout-ms", "6000"]
-    return run_members([source] * cfg.members, work, cfg.sync, cfg.every, flags + cfg.flags())
+    return run_members([source] * members, work, sync, sync_every, flags)

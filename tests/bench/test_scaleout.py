@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from stream_meta.bench.scaleout import Config, _attempt, configs_for, print_table, write_split
+from stream_meta.bench.members import write_split
+from stream_meta.bench.scaleout import Config, _attempt, configs_for, print_table
 
 
 def _tasks(path) -> list[str]:
