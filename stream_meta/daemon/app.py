@@ -15,7 +15,8 @@ from stream_meta.learn.learner import OnlineMetaLearner
 from stream_meta.learn.sgd import OnlineSGDLearner
 from stream_meta.daemon.metrics import Metrics
 from stream_meta.model import num_parameters
-from stream_meta.daemon.service import Service, Sinks
+from stream_meta.daemon.service import Service
+from stream_meta.daemon.sinks import Sinks
 from stream_meta.daemon.stats import RunStats
 from stream_meta.daemon.labels import LabelDecoder
 from stream_meta.daemon.sync import NoSync, Sync, SyncMetrics, settings_from_env

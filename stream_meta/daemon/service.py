@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,14 +18,16 @@ from typing import Callable
 
 import torch
 
-from connectors.base import Offsets, RawRecord, SendFailure, Sink, Source
+from connectors.base import Offsets, RawRecord, Source
 from stream_meta.daemon.batching import Batcher
 from stream_meta.daemon.checkpoint import CheckpointStore
 from stream_meta.daemon.config import ServiceSettings
 from stream_meta.daemon.deadletters import SinkFailures, dead_letter
+from stream_meta.daemon.gauges import export_gauges, restore_counters
 from stream_meta.daemon.latency import LatencyQuantiles
 from stream_meta.daemon.merge import TimeMerge
 from stream_meta.daemon.metrics import Metrics
+from stream_meta.daemon.sinks import Sinks
 from stream_meta.daemon.stats import RunStats
 from stream_meta.daemon.sync import NoSync, Sync
 from stream_meta.daemon.watch import ConnectionWatch, ProgressLine
@@ -44,25 +45,6 @@ SourceFactory = Callable[[Offsets, Callable[[], Offsets]], Source]
 
 class OffsetRewindError(StreamMetaError):
     """A partition's offsets went backwards under ``offset_reset_policy=fail``."""
-
-
-@dataclass
-class Sinks:
-    """Where dead letters and (optionally) predictions go."""
-
-    dlq: Sink
-    predictions: Sink | None = None
-
-    def flush(self) -> list[SendFailure]:
-        """Everything sent so far is out or failed; returns the failures."""
-        failures = self.dlq.flush()
-        if self.predictions is not None and self.predictions is not self.dlq:
-            failures += self.predictions.flush()
-        return failures
-
-    def close(self) -> None:
-        for sink in {id(s): s for s in (self.dlq, self.predictions) if s is not None}.values():
-            sink.close()
 
 
 @dataclass
@@ -393,13 +375,7 @@ class Service:
             ckpt.seq, self.stats.records_learned,
             {f"{t}[{p}]": o for (t, p), o in sorted(self.offsets.items())},
         )
-        # Counters continue across restarts, like the summary.
-        self.metrics.records_consumed.inc(self.stats.records_consumed)
-        self.metrics.records_learned.inc(self.stats.records_learned)
-        self.metrics.predictions.inc(self.stats.predictions_emitted)
-        self.metrics.meta_updates.inc(self.stats.meta_updates)
-        for reason, n in self.stats.rejected_by_reason.items():
-            self.metrics.records_rejected.labels(reason).inc(n)
+        restore_counters(self.metrics, self.stats)  # counters continue across restarts, like the summary
 
     # -- sinks and source health ------------------------------------------------
     def _check_topics(self) -> None:
@@ -434,27 +410,4 @@ class Service:
         self.metrics.ready.set(1 if ready else 0)
 
     def _update_gauges(self) -> None:
-        acc = self.stats.window_accuracy
-        if acc is not None:
-            self.metrics.prequential_accuracy.set(acc)
-        for bucket, (c, n) in self.stats.by_bucket.items():
-            if n:
-                self.metrics.accuracy_by_position.labels(bucket).set(c / n)
-        self.metrics.tasks_seen.set(self.stats.tasks_seen)
-        self.metrics.pending_records.set(len(self.pending))
-        health = self.learner.health()
-        for name, items, size in (("episodes", health.replay_episodes, health.replay_bytes),
-                                  ("records", health.memory_records, health.memory_bytes)):
-            self.metrics.replay_items.labels(name).set(items)
-            self.metrics.replay_bytes.labels(name).set(size)
-        # None (no probes, or nothing to forget yet) is exported as NaN, never as a false 0.
-        for gauge, value in ((self.metrics.retained_accuracy, health.retained_accuracy),
-                             (self.metrics.forgetting, health.forgetting)):
-            gauge.set(math.nan if value is None else value)
-        for name, value in health.learner_metrics.items():
-            self.metrics.learner_health.labels(name).set(value)
-        lag = self.source.lag() if self.source is not None else None
-        if lag is not None:
-            self.metrics.consumer_lag.set(lag)
-        self.metrics.set_partition_lag(self.source.lag_by_partition() if self.source is not None else {})
-        self.metrics.update_throughput(self.stats.records_consumed)
+        export_gauges(self.metrics, self.stats, len(self.pending), self.learner.health(), self.source)

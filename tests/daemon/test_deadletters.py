@@ -11,7 +11,7 @@ from stream_meta.daemon.checkpoint import CheckpointStore
 from stream_meta.daemon.config import load_config
 from stream_meta.daemon.deadletters import HEADROOM_BYTES, DeadLetterError, dead_letter
 from stream_meta.daemon.records import encode
-from stream_meta.daemon.service import Sinks
+from stream_meta.daemon.sinks import Sinks
 from stream_meta.data.datasets import stream
 from stream_meta.errors import RecordError
 
