@@ -26,6 +26,7 @@ from pathlib import Path
 
 from stream_meta.bench.continual.avalanche_baselines import METHODS as AVALANCHE_METHODS
 from stream_meta.bench.continual.metrics import cl_metrics
+from stream_meta.learn.config import BATCH_STEP_SCALES
 from stream_meta.bench.continual.runner import LEARNERS, plain_sgd_records_per_second, save_tasks
 
 PROTOCOLS = ("rotations", "permutations", "many-permutations", "split")
@@ -68,7 +69,7 @@ def _row(method: str, family: str, seed: int, out: dict) -> dict:
         learning_accuracy=m.learning_accuracy,
         records_per_second=out["records"] / out["learn_seconds"] if out["learn_seconds"] > 0 else None,
         peak_rss_mb=out["peak_rss_mb"], accuracy_matrix=out["matrix"], accuracy_matrix_adapted=adapted,
-        fewshot_curve=out.get("fewshot_curve"), error=None,
+        fewshot_curve=out.get("fewshot_curve"), meta_updates=out.get("meta_updates"), error=None,
     )
     return row
 
@@ -80,12 +81,13 @@ def _fmt(v, pct: bool = True) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'method':22s}{'family':12s}{'seed':>5s}{'RA':>7s}{'RA-ad':>7s}{'BTI':>7s}{'forget':>8s}{'learn':>7s}{'rec/s':>8s}{'RSS MB':>8s}"
+    head = f"{'method':30s}{'family':12s}{'seed':>5s}{'RA':>7s}{'RA-ad':>7s}{'BTI':>7s}{'forget':>8s}{'learn':>7s}{'rec/s':>8s}{'RSS MB':>8s}{'updates':>9s}"
     print(head)
     for r in rows:
-        line = (f"{r['method']:22s}{r['family']:12s}{r['seed']:5d}{_fmt(r['ra']):>7s}{_fmt(r['ra_adapted']):>7s}"
+        line = (f"{r['method']:30s}{r['family']:12s}{r['seed']:5d}{_fmt(r['ra']):>7s}{_fmt(r['ra_adapted']):>7s}"
                 f"{_fmt(r['bti']):>7s}{_fmt(r['forgetting']):>8s}{_fmt(r['learning_accuracy']):>7s}"
-                f"{_fmt(r['records_per_second'], False):>8s}{_fmt(r['peak_rss_mb'], False):>8s}")
+                f"{_fmt(r['records_per_second'], False):>8s}{_fmt(r['peak_rss_mb'], False):>8s}"
+                f"{_fmt(r.get('meta_updates'), False):>9s}")
         if r.get("error"):
             line += f"  cannot run: {r['error'][:150]}"
         print(line, flush=True)
@@ -172,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-minibatch", type=int, default=10, help="records per Avalanche minibatch")
     p.add_argument("--learn-batch", default="1", help="stream-meta learners' --learn-batch, a comma list runs "
                    "each learner at each size (rows named LEARNER@bN)")
+    p.add_argument("--batch-step-scale", default="none", help="stream-meta learners' --batch-step-scale at N > 1, "
+                   "a comma list of none,sqrt,linear runs each (rows named LEARNER@bN/SCALE); N = 1 runs once, "
+                   "as every scale learns the same there")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
@@ -183,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     learners = [m for m in args.learners.split(",") if m and m != "none"]
     baselines = [m for m in args.baselines.split(",") if m and m != "none"]
     learn_batches = [int(b) for b in args.learn_batch.split(",") if b]
+    scales = [s for s in args.batch_step_scale.split(",") if s]
+    for s in scales:
+        if s not in BATCH_STEP_SCALES:
+            p.error(f"unknown batch step scale {s!r}; choose from {','.join(BATCH_STEP_SCALES)}")
     for m in learners:
         if m not in LEARNERS:
             p.error(f"unknown learner {m!r}; choose from {','.join(LEARNERS)}")
@@ -206,10 +215,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(tasks[0].test_y)} held out per task (built in {time.perf_counter() - t0:.0f} s)", file=sys.stderr)
             for m in learners:
                 for size in learn_batches:
-                    name = m if len(learn_batches) == 1 and size == 1 else f"{m}@b{size}"
-                    spec = {"method": m, "seed": seed, "data": str(data), "learn_batch": size}
-                    out = _run_worker("stream_meta.bench.continual.runner", spec, f"{m}-b{size}-{seed}", work)
-                    rows.append(_row(name, "stream-meta", seed, out))
+                    for scale in scales[:1] if size == 1 else scales:
+                        name = m if len(learn_batches) == 1 and size == 1 else f"{m}@b{size}"
+                        name += f"/{scale}" if len(scales) > 1 and size > 1 else ""
+                        spec = {"method": m, "seed": seed, "data": str(data), "learn_batch": size,
+                                "overrides": {"meta_cfg": {"batch_step_scale": scale}}}
+                        out = _run_worker("stream_meta.bench.continual.runner", spec, f"{m}-b{size}-{scale}-{seed}", work)
+                        rows.append(_row(name, "stream-meta", seed, out))
             for m in baselines:
                 spec = {"method": m, "seed": seed, "data": str(data), "minibatch": args.baseline_minibatch}
                 out = _run_worker("stream_meta.bench.continual.avalanche_baselines", spec, f"avalanche-{m}-{seed}", work)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from stream_meta.errors import ConfigError
 from stream_meta.learn.config import (
-    BACKENDS, LOSSES, InnerLoopConfig, MetaStepConfig, ModelConfig, ProbeConfig, RegularizerConfig, ReplayConfig,
+    BACKENDS, BATCH_STEP_SCALES, LOSSES, InnerLoopConfig, MetaStepConfig, ModelConfig, ProbeConfig, RegularizerConfig, ReplayConfig,
 )
 from stream_meta.learn.presets import DEFAULT_PRESET, PRESETS, preset_settings
 
@@ -151,6 +151,10 @@ class RunConfig(BaseModel):
                                        "that applies, else the torch.func reference), reference, fast")
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the meta-gradient's global norm to this "
                                          "(None = no clipping)")
+    batch_step_scale: Literal[BATCH_STEP_SCALES] = Field(  # type: ignore[valid-type]
+        "none", description="with --learn-batch N > 1, scale a task's one meta-update per batch by the episodes it "
+        "learns together, k: none (meta_lr), sqrt (meta_lr*sqrt(k)) or linear (meta_lr*k), at most 16x; "
+        "k = 1 (N = 1) is unchanged")
     sgd_lr: float = Field(0.1, gt=0, le=10, description="step size of the sgd baseline (algorithm sgd)")
     support_size: int = Field(20, ge=1, description="support records per episode at most")
     query_size: int = Field(5, ge=1, description="query records per episode")
@@ -278,6 +282,7 @@ class RunConfig(BaseModel):
             meta_lr=self.meta_lr, clip_grad_norm=self.clip_grad_norm, support_size=self.support_size,
             query_size=self.query_size, episode_stride=self.episode_stride,
             replay_per_update=self.replay_per_update, max_tasks=self.max_tasks,
+            batch_step_scale=self.batch_step_scale,
         )
 
     @property

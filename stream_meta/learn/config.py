@@ -24,6 +24,10 @@ LOSSES = ("ce", "mse")
 BACKENDS = ("auto", "reference", "fast")
 MEMORY_POLICIES = ("reservoir", "task", "class")
 REGULARIZERS = ("none", "ewc", "si", "mas")
+BATCH_STEP_SCALES = ("none", "sqrt", "linear")
+# Bound on the batch step scale: a learn batch completing hundreds of episodes of one task
+# must not turn one Adam step into a jump that no clip on the gradient would catch.
+MAX_BATCH_STEP_SCALE = 16.0
 
 # Options only some algorithms take (their constructor arguments beyond the shared ones).
 ALGORITHM_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -126,7 +130,13 @@ class MetaStepConfig:
     ``episode_stride`` new records of a task (windows kept for ``max_tasks`` tasks);
     each meta-update averages it with ``replay_per_update`` replayed episodes, clips
     the meta-gradient's norm to ``clip_grad_norm`` (``None``: no clipping) and takes
-    an Adam step of ``meta_lr``.
+    an Adam step of ``meta_lr``. A learn batch that completed ``k`` episodes of a task
+    makes one meta-update on all of them, where one record at a time would make ``k``;
+    ``batch_step_scale`` multiplies that one step's size by :meth:`step_scale` (1 for
+    one episode, so ``--learn-batch 1`` learns the same whatever it is).
+
+    >>> [MetaStepConfig(batch_step_scale=s).step_scale(9) for s in BATCH_STEP_SCALES]
+    [1.0, 3.0, 9.0]
     """
 
     meta_lr: float = 1e-2
@@ -136,14 +146,25 @@ class MetaStepConfig:
     episode_stride: int = 5
     replay_per_update: int = 3
     max_tasks: int = 1000
+    batch_step_scale: str = "none"
 
     def __post_init__(self) -> None:
+        _check(self.batch_step_scale in BATCH_STEP_SCALES,
+               f"unknown batch_step_scale {self.batch_step_scale!r}; choose one of {', '.join(BATCH_STEP_SCALES)}")
         _check(self.meta_lr > 0, f"meta_lr must be > 0, got {self.meta_lr}")
         _check(self.clip_grad_norm is None or self.clip_grad_norm > 0,
                f"clip_grad_norm must be > 0 or None, got {self.clip_grad_norm}")
         _check(min(self.support_size, self.query_size, self.episode_stride, self.max_tasks) >= 1,
                f"support_size, query_size, episode_stride and max_tasks must be >= 1 ({self})")
         _check(self.replay_per_update >= 0, f"replay_per_update must be >= 0, got {self.replay_per_update}")
+
+    def step_scale(self, new_episodes: int) -> float:
+        """Factor on ``meta_lr`` for a meta-update on ``new_episodes`` new episodes of one task:
+        the large-batch rules (linear, Goyal et al. 2017; square root, usual with Adam),
+        relative to one episode and bounded by :data:`MAX_BATCH_STEP_SCALE`."""
+        k = max(1, new_episodes)
+        factor = {"none": 1.0, "sqrt": float(k) ** 0.5, "linear": float(k)}[self.batch_step_scale]
+        return min(factor, MAX_BATCH_STEP_SCALE)
 
 
 @dataclass(frozen=True)

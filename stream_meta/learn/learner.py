@@ -273,9 +273,11 @@ class OnlineMetaLearner:
             return self.reg.add_penalty_grad(self.params, grads)
 
         before = {k: v.detach().clone() for k, v in self.params.items()} if self.reg is not None else None
+        # One step stands for the len(episodes) steps one record at a time would take.
         stats = meta_step(self.alg, self.model, self.params, self.extra, batch, self.optimizer,
                           steps=self.inner_cfg.steps, lr=self.inner_cfg.lr,
-                          adjust=penalise if self.reg is not None else None)
+                          adjust=penalise if self.reg is not None else None,
+                          step_scale=self.meta_cfg.step_scale(len(episodes)))
         report.stats = stats
         self._learner_metrics.update(stats.get("learner_stats", {}))
         if stats["nonfinite"]:  # the algorithm checked losses and gradients; nothing was updated

@@ -38,6 +38,7 @@ def meta_step(
     steps: int,
     lr: float,
     adjust: Callable[[Params], Params] | None = None,
+    step_scale: float = 1.0,
 ) -> dict[str, Any]:
     """One meta-update of ``params`` and ``extra`` (leaf tensors owned by ``optimizer``).
 
@@ -45,7 +46,8 @@ def meta_step(
     ``lr``), passes the parameters' part through ``adjust`` when given (e.g. to add a
     regulariser's penalty gradient), writes it into ``.grad``, steps ``optimizer`` and
     clamps ``extra`` with ``alg.project_extra``. When ``stats["nonfinite"]`` the update
-    is skipped and the parameters are left untouched. Returns the stats.
+    is skipped and the parameters are left untouched. ``step_scale`` multiplies the
+    optimizer's lr for this step only (one step standing for several). Returns the stats.
     """
     grads, extra_grads, stats = alg.meta_gradient(model, params, extra, episodes, steps=steps, lr=lr)
     if stats["nonfinite"]:
@@ -55,7 +57,18 @@ def meta_step(
     for src, dst in ((grads, params), (extra_grads, extra)):
         for k, g in src.items():
             dst[k].grad = g.to(dst[k].dtype)
-    optimizer.step()
+    if step_scale == 1.0:
+        optimizer.step()
+    else:
+        # The lr is restored after, so the optimizer's state and checkpoints keep its own.
+        base = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * step_scale
+        try:
+            optimizer.step()
+        finally:
+            for group, lr_ in zip(optimizer.param_groups, base):
+                group["lr"] = lr_
     optimizer.zero_grad(set_to_none=True)
     alg.project_extra(extra)
     return stats

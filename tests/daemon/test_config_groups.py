@@ -132,3 +132,11 @@ def test_the_daemon_reads_the_learner_only_through_its_interface():
                  for i, line in enumerate(p.read_text().splitlines(), 1)
                  if re.search(r"(getattr|hasattr)\(\s*(self\.)?learner\b", line)]
     assert offenders == []
+
+
+@pytest.mark.parametrize("source", ["flag", "env", "file"])
+def test_batch_step_scale_reaches_the_meta_step_group(source, tmp_path):
+    cfg = _via(source, "batch_step_scale", "reptile", "sqrt", "sqrt", tmp_path)
+    assert cfg.meta_cfg.batch_step_scale == "sqrt"
+    assert build_learner(cfg).meta_cfg.step_scale(4) == 2.0
+    assert RunConfig(**SMALL).meta_cfg.batch_step_scale == "none"  # the default learns as before

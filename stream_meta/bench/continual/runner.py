@@ -100,7 +100,7 @@ def run(spec: dict) -> dict:
     return {
         "matrix": r.matrix, "matrix_adapted": r.matrix_adapted, "records": r.records, "learn_seconds": r.learn_seconds,
         "fewshot_curve": r.fewshot_curve, "prequential_accuracy": r.prequential_accuracy,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "meta_updates": learner.health().meta_updates,
     }
 
 

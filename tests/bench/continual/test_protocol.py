@@ -70,3 +70,19 @@ def test_summary_over_seeds_is_mean_and_sd_without_failed_rows():
     assert a["seeds"] == 3 and a["ra"] == pytest.approx(0.8) and a["ra_sd"] == pytest.approx(0.1)
     assert a["records_per_second"] == pytest.approx(101.0) and a["ra_adapted"] is None
     assert b["seeds"] == 1 and b["ra"] == 0.5 and b["ra_sd"] is None
+
+
+@pytest.mark.slow
+def test_bench_cl_runs_each_batch_step_scale_above_one_record_and_counts_meta_updates(tmp_path):
+    from stream_meta.cli.main import main
+
+    out = tmp_path / "cl.json"
+    rc = main(["bench", "cl", "--protocol", "split", "--source", "digits", "--tasks", "2", "--per-task", "40",
+               "--test-per-task", "10", "--learners", "fomaml", "--baselines", "none", "--learn-batch", "1,16",
+               "--batch-step-scale", "none,linear", "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    # N = 1 learns the same whatever the scale: it runs once.
+    assert [r["method"] for r in rows] == ["fomaml@b1", "fomaml@b16/none", "fomaml@b16/linear"]
+    assert all(r["error"] is None for r in rows)
+    assert rows[0]["meta_updates"] > rows[1]["meta_updates"] == rows[2]["meta_updates"] > 0

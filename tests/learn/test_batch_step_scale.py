@@ -1,0 +1,70 @@
+"""``batch_step_scale``: a learn batch's one meta-update per task, scaled by the episodes it
+learns together. One episode per update (``--learn-batch 1``) learns exactly as before."""
+
+import pytest
+import torch
+
+from stream_meta.learn.config import (
+    BATCH_STEP_SCALES, MAX_BATCH_STEP_SCALE, InnerLoopConfig, MetaStepConfig, ModelConfig, ReplayConfig,
+)
+from stream_meta.learn.learner import OnlineMetaLearner
+
+MODEL = ModelConfig(6, 3, (16,))
+
+
+def _learner(scale: str, algorithm: str = "reptile", **meta) -> OnlineMetaLearner:
+    fields = {"support_size": 6, "query_size": 3, "episode_stride": 2, "replay_per_update": 2, **meta}
+    return OnlineMetaLearner(MODEL, inner_cfg=InnerLoopConfig(algorithm=algorithm),
+                             meta_cfg=MetaStepConfig(batch_step_scale=scale, **fields),
+                             replay_cfg=ReplayConfig(episode_capacity=50, memory_capacity=20, memory_query=3))
+
+
+def _rows(n: int, seed: int = 0) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(2, 3, 6, generator=g) * 2
+    tasks = [f"task-{(i // 20) % 2}" for i in range(n)]
+    y = torch.randint(3, (n,), generator=g)
+    x = torch.stack([centers[int(t[-1]), int(c)] for t, c in zip(tasks, y)]) + 0.3 * torch.randn(n, 6, generator=g)
+    return tasks, x, y
+
+
+def test_step_scale_rules_and_bound():
+    assert [MetaStepConfig(batch_step_scale=s).step_scale(1) for s in BATCH_STEP_SCALES] == [1.0, 1.0, 1.0]
+    assert [MetaStepConfig(batch_step_scale=s).step_scale(4) for s in BATCH_STEP_SCALES] == [1.0, 2.0, 4.0]
+    assert MetaStepConfig(batch_step_scale="linear").step_scale(1000) == MAX_BATCH_STEP_SCALE
+    with pytest.raises(ValueError, match="batch_step_scale"):
+        MetaStepConfig(batch_step_scale="cubic")
+
+
+@pytest.mark.parametrize("algorithm", ["reptile", "fomaml"])
+def test_one_record_at_a_time_learns_the_same_whatever_the_scale(algorithm):
+    tasks, x, y = _rows(80)
+    learners = {s: _learner(s, algorithm) for s in BATCH_STEP_SCALES}
+    for learner in learners.values():
+        for i in range(len(tasks)):
+            learner.learn(tasks[i], x[i], int(y[i]))
+    ref = learners["none"]
+    assert ref.meta_updates > 10
+    for scale, learner in learners.items():
+        assert learner.meta_updates == ref.meta_updates
+        for k in ref.params:
+            assert torch.equal(learner.params[k], ref.params[k]), (scale, k)
+
+
+def test_a_batch_of_k_episodes_takes_one_step_scaled_by_k_and_restores_meta_lr():
+    tasks, x, y = _rows(15)  # one task; 15 records complete several episodes at once
+    start = _learner("none")
+    before = {k: v.detach().clone() for k, v in start.params.items()}
+    deltas, k = {}, 0
+    for scale in BATCH_STEP_SCALES:
+        learner = _learner(scale)
+        learner.learn_batch(tasks, x, y)
+        assert learner.meta_updates == 1
+        k = len(learner.replay)  # every completed episode was offered to a reservoir with room for all
+        deltas[scale] = {n: learner.params[n].detach() - before[n] for n in before}
+        assert all(g["lr"] == learner.meta_cfg.meta_lr for g in learner.optimizer.param_groups)
+    assert k >= 3
+    # Adam's first step is linear in lr: the scaled steps are the unscaled one times the factor.
+    for scale, factor in (("sqrt", k ** 0.5), ("linear", float(k))):
+        for n in before:
+            torch.testing.assert_close(deltas[scale][n], factor * deltas["none"][n], rtol=1e-4, atol=1e-7)
