@@ -15,7 +15,7 @@ from stream_meta.meta.learned_loss import LearnedLoss
 from stream_meta.meta.neural_optimizer import CoordinatewiseMLP
 
 # Second order: the total derivative, as differences see it (first order drops a part of it).
-CASES = [("neural-optimizer", {}), ("lmml", {})]
+CASES = [("neural-optimizer", {}), ("lmml", {}), ("lmml", {"net_modulate": True})]
 
 
 def _theta(model):
@@ -50,6 +50,7 @@ def test_meta_gradients_of_the_learners_own_parameters_equal_finite_differences(
 
 
 @pytest.mark.parametrize("name,options,equal_to", [("neural-optimizer", {}, "maml"), ("lmml", {}, "maml"),
+                                                  ("lmml", {"net_modulate": True}, "maml"),
                                                   ("neural-optimizer", {"first_order": True}, "fomaml")])
 def test_at_initialisation_they_are_sgd_and_maml(tanh_mlp, name, options, equal_to):
     """Same fast weights and the same meta-gradient of the model's parameters as the rule
@@ -174,3 +175,20 @@ def test_the_neural_optimisers_flat_step_equals_the_per_tensor_rule(tanh_mlp):
     want = torch.autograd.grad(sum(v.pow(2).sum() for v in ref.values()), list(meta.values()))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_the_modulated_learned_loss_starts_as_the_plain_one_and_depends_on_the_task_state():
+    """MeTAL's modulation at zero is the identity; moved, the learned term changes with
+    the set's label frequencies even where every row's own inputs are the same."""
+    plain, film = LearnedLoss(hidden=8, bound=0.5), LearnedLoss(hidden=8, bound=0.5, modulate=True)
+    out, y = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0, 1])
+    meta = _moved(film.init_params({"b": torch.zeros(4, dtype=torch.float64)}), scale=0.5)
+    at_zero = {k: torch.zeros_like(v) if k.startswith("loss.film.") else v for k, v in meta.items()}
+    base = {k: v for k, v in meta.items() if not k.startswith("loss.film.")}
+    torch.testing.assert_close(film.learned_term(out, y, at_zero), plain.learned_term(out, y, base), rtol=0, atol=0)
+    # Row 0 kept, the other rows' labels changed: the plain term of row 0 moves only
+    # through the concatenated mean statistics; the modulated one also through the label
+    # frequencies, so the two differ.
+    y2 = torch.tensor([0, 0, 0, 0, 0, 0])
+    assert not torch.allclose(film.learned_term(out, y2, meta)[0] - film.learned_term(out, y, meta)[0],
+                              plain.learned_term(out, y2, base)[0] - plain.learned_term(out, y, base)[0])
