@@ -28,7 +28,8 @@ from stream_meta.learn.tasks import TaskRouter
 def config_fingerprint(cfg: RunConfig) -> dict:
     """The settings that fix a checkpoint's shapes and meaning; a directory keeps them for life."""
     return {"input_dim": cfg.input_dim, "num_classes": cfg.num_classes, "hidden": list(cfg.hidden),
-            "algorithm": cfg.algorithm, "net_hidden": cfg.net_hidden}  # net_hidden: the shapes of a learned rule/loss
+            "algorithm": cfg.algorithm, "net_hidden": cfg.net_hidden,  # net_hidden: the shapes of a learned rule/loss
+            "net_modulate": cfg.net_modulate}  # a key older directories lack is not compared
 
 
 def check_local_settings(cfg: RunConfig) -> CheckpointStore:

@@ -140,6 +140,8 @@ class RunConfig(BaseModel):
     net_bound: float | None = Field(None, gt=0, description="neural-optimizer, lmml only: bound on that network's "
                                     "outputs (rule: log step multiplier and direction; loss: the learned term); None = the algorithm's own "
                                     "(0.5 for the rule, 0.1 for the loss)")
+    net_modulate: bool = Field(False, description="lmml only: modulate the loss network's hidden layer per task "
+                               "(scale and shift generated from the support set's state, MeTAL-style)")
     max_inner_lr: float = Field(10.0, gt=0, description="largest inner step size the algorithm accepts (a guard)")
     adversarial_weight: float | None = Field(None, ge=0, le=100, description="gail-meta only: weight of the "
                                              "generator's adversarial term next to the query loss; None = 0.1")
@@ -272,7 +274,7 @@ class RunConfig(BaseModel):
             first_order=self.first_order, head=self.head, max_scale=self.max_scale,
             adversarial_weight=self.adversarial_weight, generator_hidden=self.generator_hidden,
             expert_steps=self.expert_steps,
-            net_hidden=self.net_hidden, net_bound=self.net_bound,
+            net_hidden=self.net_hidden, net_bound=self.net_bound, net_modulate=self.net_modulate,
             max_inner_lr=self.max_inner_lr, backend=self.backend,
         )
 

@@ -39,6 +39,7 @@ ALGORITHM_OPTIONS: dict[str, tuple[str, ...]] = {
     "expert_steps": ("gail-meta",),
     "net_hidden": ("lmml", "neural-optimizer"),
     "net_bound": ("lmml", "neural-optimizer"),
+    "net_modulate": ("lmml",),
 }
 
 
@@ -84,6 +85,7 @@ class InnerLoopConfig:
     max_scale: float | None = None
     net_hidden: int | None = None
     net_bound: float | None = None
+    net_modulate: bool = False  # lmml: MeTAL's per-task affine modulation of the loss network
     max_inner_lr: float = 10.0
     backend: str = "auto"
     adversarial_weight: float | None = None  # gail-meta: weight of the adversarial term (None = 0.1)

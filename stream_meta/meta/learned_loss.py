@@ -33,11 +33,17 @@ from stream_meta.meta.losses import CrossEntropy, InnerLoss
 from stream_meta.model import Params
 
 KEYS = ("loss.w1", "loss.b1", "loss.w2", "loss.b2")
+FILM_KEYS = ("loss.film.wg", "loss.film.bg", "loss.film.wb", "loss.film.bb")
 
 
 def n_features(classes: int) -> int:
     """Inputs of the loss network for ``classes`` classes: logits, one-hot, softmax, class statistics, mean CE."""
     return 4 * classes + 1
+
+
+def n_state(classes: int) -> int:
+    """Inputs of the modulation (``modulate``): predicted class statistics, label frequencies, mean base loss."""
+    return 2 * classes + 1
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,9 @@ class LearnedLoss:
     # the few-shot stream (README, "The seed's learners"); 0.1 was at or above MAML.
     bound: float = 0.1
     base: InnerLoss = CrossEntropy()
+    # MeTAL's affine modulation: the hidden layer scaled and shifted per task, both
+    # generated from the task state (``n_state``); off = the concatenated state only.
+    modulate: bool = False
     output_grad = None  # no closed form: engines differentiate rows
 
     def __post_init__(self) -> None:
@@ -71,7 +80,11 @@ class LearnedLoss:
         n = n_features(classes)
         g = torch.Generator().manual_seed(4321)  # fixed: independent of the model's seed
         w1 = torch.randn(n, self.hidden, generator=g, dtype=torch.float64) / math.sqrt(n)
+        # Zero: the modulation starts as the identity (scale 1, shift 0).
+        film = {k: torch.zeros(shape, dtype=dtype) for k, shape in zip(
+            FILM_KEYS, [(n_state(classes), self.hidden), (self.hidden,)] * 2)} if self.modulate else {}
         return {
+            **film,
             "loss.w1": w1.to(dtype),
             "loss.b1": torch.zeros(self.hidden, dtype=dtype),
             # Zero output layer: the learned term starts at 0, the loss at cross-entropy.
@@ -98,7 +111,12 @@ class LearnedLoss:
         stats = (w * p).sum(-2, keepdim=True).expand_as(p)
         mean_base = (w * base).sum(-2, keepdim=True).expand_as(base)
         x = torch.cat([out - out.mean(-1, keepdim=True), target, p, stats, mean_base], -1)
-        h = torch.tanh(x @ meta["loss.w1"] + meta["loss.b1"])
+        pre = x @ meta["loss.w1"] + meta["loss.b1"]
+        if self.modulate:
+            state = torch.cat([stats, (w * target).sum(-2, keepdim=True).expand_as(p), mean_base], -1)
+            scale = 1 + torch.tanh(state @ meta["loss.film.wg"] + meta["loss.film.bg"])  # in (0, 2)
+            pre = scale * pre + state @ meta["loss.film.wb"] + meta["loss.film.bb"]
+        h = torch.tanh(pre)
         return self.bound * torch.tanh(h @ meta["loss.w2"] + meta["loss.b2"])
 
     def rows(self, out: torch.Tensor, y: torch.Tensor, meta: Params, weights: torch.Tensor | None = None) -> torch.Tensor:

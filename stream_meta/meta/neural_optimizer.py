@@ -25,6 +25,7 @@ and are meta-learned through the inner steps by the reference engine.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -37,14 +38,19 @@ from stream_meta.model import Params
 DECAYS = (0.5, 0.9, 0.99)
 SECOND_MOMENT_DECAY = 0.999
 STEP_SCALES = (1.0, 3.0, 10.0)
-N_FEATURES = 3 + len(DECAYS) + len(STEP_SCALES)  # g, p, rms + momenta + step embedding
+PER_ENTRY = ("g", "p", *(f"m{b}" for b in DECAYS), "rms")  # features of each entry; then the step embedding
+N_FEATURES = len(PER_ENTRY) + len(STEP_SCALES)
 KEYS = ("rule.w1", "rule.b1", "rule.w2", "rule.b2")
 _EPS = 1e-12
 
 
-def _normalise(f: torch.Tensor) -> torch.Tensor:
-    """``f`` over its root mean square (per tensor, so every layer's features are O(1))."""
-    return f / torch.sqrt(f.pow(2).mean() + _EPS)
+@functools.lru_cache(maxsize=32)
+def _segments(sizes: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[sum(sizes), len(sizes)]`` one-hot: which tensor each flat entry belongs to (a
+    matrix, so per-tensor means and their broadcast back are one product each, also
+    under ``vmap``)."""
+    index = torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
+    return torch.nn.functional.one_hot(index, len(sizes)).to(dtype)
 
 
 @dataclass(frozen=True)
@@ -90,33 +96,47 @@ class CoordinatewiseMLP:
         pass  # outputs are bounded by tanh whatever the weights
 
     def init_state(self, fast: Params, meta: Params) -> dict[str, Any]:
-        zeros = {k: torch.zeros_like(v) for k, v in fast.items()}
-        return {"t": 0, "m": [dict(zeros) for _ in DECAYS], "v": dict(zeros)}
-
-    def outputs(self, p: torch.Tensor, g: torch.Tensor, m: list[torch.Tensor], v: torch.Tensor, t: int,
-                meta: Params) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(tanh(d), tanh(s))`` for every entry of one tensor."""
-        per_entry = [_normalise(f) for f in (g, p, *m, torch.sqrt(v + _EPS))]
-        steps = [torch.full_like(g, math.tanh(t / s)) for s in STEP_SCALES]
-        x = torch.stack([*per_entry, *steps], dim=-1).reshape(-1, N_FEATURES)
-        h = torch.tanh(x @ meta["rule.w1"] + meta["rule.b1"])
-        out = torch.tanh(h @ meta["rule.w2"] + meta["rule.b2"])
-        return out[:, 0].reshape(g.shape), out[:, 1].reshape(g.shape)
-
-    def delta(self, p: torch.Tensor, g: torch.Tensor, m: list[torch.Tensor], v: torch.Tensor, t: int,
-              meta: Params, lr: float) -> torch.Tensor:
-        """The change of one tensor: ``-lr * (exp(B tanh s) g + B tanh(d) rms(g))``."""
-        d, s = self.outputs(p, g, m, v, t, meta)
-        rms = torch.sqrt(g.pow(2).mean() + _EPS)
-        return sgd_update(torch.exp(self.bound * s) * g + self.bound * d * rms, lr)
+        # The state is kept flat (every adapted entry in one vector, in ``fast``'s key
+        # order): one network call per step instead of one per tensor (see ``step``).
+        keys = tuple(fast)
+        ref = next(iter(fast.values()))
+        zeros = ref.new_zeros(sum(fast[k].numel() for k in keys))
+        return {"t": 0, "keys": keys, "m": [zeros for _ in DECAYS], "v": zeros}
 
     def step(self, fast: Params, grads: Params, state: dict[str, Any], meta: Params, *, lr: float
              ) -> tuple[Params, dict[str, Any]]:
-        t = state["t"]
-        m = [{k: b * state["m"][i][k] + (1 - b) * g for k, g in grads.items()} for i, b in enumerate(DECAYS)]
-        v = {k: SECOND_MOMENT_DECAY * state["v"][k] + (1 - SECOND_MOMENT_DECAY) * g * g for k, g in grads.items()}
-        new = {k: fast[k] + self.delta(fast[k], g, [mi[k] for mi in m], v[k], t, meta, lr) for k, g in grads.items()}
-        return {**fast, **new}, {"t": t + 1, "m": m, "v": v}
+        """One inner step of every tensor at once: the module doc's rule, per tensor's
+        normalisation, computed on the concatenation of all adapted entries."""
+        t, keys = state["t"], state["keys"]
+        shapes = [fast[k].shape for k in keys]
+        sizes = [fast[k].numel() for k in keys]
+        g = torch.cat([grads[k].reshape(-1) for k in keys])
+        p = torch.cat([fast[k].reshape(-1) for k in keys])
+        m = [b * mi + (1 - b) * g for b, mi in zip(DECAYS, state["m"])]
+        v = SECOND_MOMENT_DECAY * state["v"] + (1 - SECOND_MOMENT_DECAY) * g * g
+        n_in = len(PER_ENTRY)
+        # A constant row of ones: the first bias rides in the product. (Rows and blocks are
+        # taken with split/unbind, whose backward is one cat, not a zero-fill per slice.)
+        f = torch.stack([g, p, *m, torch.sqrt(v + _EPS), torch.ones_like(g)])  # [7, N]
+        features = f.split([n_in, 1])[0]
+        seg = _segments(tuple(sizes), f.dtype, f.device)  # [N, tensors], one-hot
+        # Each feature's root mean square over its tensor: [6, tensors] (row 0: rms(g)).
+        rms = torch.sqrt((features * features) @ seg / seg.sum(0) + _EPS)
+        w1 = meta["rule.w1"]
+        w_in, w_step = w1.split([n_in, len(STEP_SCALES)])
+        # The step embedding is the same for every entry: folded into the first bias.
+        emb = torch.tensor([math.tanh(t / c) for c in STEP_SCALES], dtype=w1.dtype, device=w1.device)
+        b1 = (meta["rule.b1"] + emb @ w_step)[None]
+        # The normalisation is a per-tensor scale of each feature: it goes into that
+        # tensor's first-layer weights ([7, hidden]) instead of over every entry.
+        pre = [torch.cat([w_in / r[:, None], b1]).T @ block
+               for r, block in zip(rms.unbind(1), f.split(sizes, dim=1))]
+        h = torch.tanh(torch.cat(pre, dim=1))  # [hidden, N]
+        d, s = torch.tanh(torch.addmm(meta["rule.b2"][:, None], meta["rule.w2"].T, h)).unbind(0)
+        rms_g = rms.unbind(0)[0] @ seg.T
+        delta = sgd_update(torch.exp(self.bound * s) * g + self.bound * d * rms_g, lr)
+        new = {k: fast[k] + dk.reshape(shape) for k, dk, shape in zip(keys, delta.split(sizes), shapes)}
+        return {**fast, **new}, {"t": t + 1, "keys": keys, "m": m, "v": v}
 
     def update(self, g: torch.Tensor, lr: float) -> torch.Tensor:
         raise NotImplementedError("a learned optimiser is not a linear rule")

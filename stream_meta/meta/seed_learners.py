@@ -78,18 +78,20 @@ class NeuralOptimizer(GradientMetaAlgorithm):
 
 class LMML(GradientMetaAlgorithm):
     """MAML descending a learned loss in the inner loop (``net_hidden``: the loss network's
-    width; ``net_bound``: the learned term's bound). Second order: the loss's weights get
+    width; ``net_bound``: the learned term's bound; ``net_modulate``: MeTAL's per-task affine
+    modulation of its hidden layer). Second order: the loss's weights get
     their meta-gradient only through the inner gradients. The learned term is added to
     ``loss`` (cross-entropy by default), which also scores the query set."""
 
     name = "lmml"
 
-    def __init__(self, *, net_hidden: int = 16, net_bound: float = 0.1, **kwargs: Any) -> None:
+    def __init__(self, *, net_hidden: int = 16, net_bound: float = 0.1, net_modulate: bool = False,
+                 **kwargs: Any) -> None:
         if kwargs.get("inner_loss") is not None:
             raise ValueError("lmml brings its own inner loss")
         super().__init__(**kwargs)
-        self._inner_loss = LearnedLoss(net_hidden, net_bound, self._loss)
-        self.net_hidden, self.net_bound = net_hidden, net_bound
+        self._inner_loss = LearnedLoss(net_hidden, net_bound, self._loss, modulate=net_modulate)
+        self.net_hidden, self.net_bound, self.net_modulate = net_hidden, net_bound, net_modulate
 
     def health_metrics(self, model: nn.Module, params: Params, extra: Params, x: torch.Tensor, y: torch.Tensor,
                        *, steps: int, lr: float) -> dict[str, float]:

@@ -19,7 +19,8 @@ from stream_meta.daemon.records import encode
 
 pytestmark = pytest.mark.integration  # each test starts the CLI as a process
 
-SETTINGS = {"input_dim": 4, "num_classes": 2, "hidden": [8], "algorithm": "fomaml", "net_hidden": None}
+SETTINGS = {"input_dim": 4, "num_classes": 2, "hidden": [8], "algorithm": "fomaml", "net_hidden": None,
+            "net_modulate": False}
 FLAGS = ["--input-dim", "4", "--num-classes", "2", "--hidden", "8", "--algorithm", "fomaml"]
 
 

@@ -53,3 +53,14 @@ def test_another_network_width_is_refused_on_resume(tmp_path):
     build_service(_cfg(tmp_path / "a", src, "lmml", max_records=50), CollectorRegistry()).run()
     with pytest.raises(CheckpointMismatchError, match="net_hidden 8 \\(now 4\\)"):
         build_service(_cfg(tmp_path / "a", src, "lmml", net_hidden=4, stop_at_end=True), CollectorRegistry()).run()
+
+
+@pytest.mark.slow
+def test_lmml_with_modulation_is_refused_on_a_directory_written_without_it(tmp_path):
+    """``--net-modulate`` adds the modulation's weights to the checkpoint: switching it on
+    (or off) against an existing directory is an operator error too."""
+    src = tmp_path / "in.jsonl"
+    _write(src, 60)
+    build_service(_cfg(tmp_path / "a", src, "lmml", net_modulate=True, max_records=50), CollectorRegistry()).run()
+    with pytest.raises(CheckpointMismatchError, match="net_modulate True \\(now False\\)"):
+        build_service(_cfg(tmp_path / "a", src, "lmml", stop_at_end=True), CollectorRegistry()).run()

@@ -15,7 +15,7 @@ from stream_meta.meta.learned_loss import LearnedLoss
 from stream_meta.meta.neural_optimizer import CoordinatewiseMLP
 
 # Second order: the total derivative, as differences see it (first order drops a part of it).
-CASES = [("neural-optimizer", {}), ("lmml", {})]
+CASES = [("neural-optimizer", {}), ("lmml", {}), ("lmml", {"net_modulate": True})]
 
 
 def _theta(model):
@@ -50,6 +50,7 @@ def test_meta_gradients_of_the_learners_own_parameters_equal_finite_differences(
 
 
 @pytest.mark.parametrize("name,options,equal_to", [("neural-optimizer", {}, "maml"), ("lmml", {}, "maml"),
+                                                  ("lmml", {"net_modulate": True}, "maml"),
                                                   ("neural-optimizer", {"first_order": True}, "fomaml")])
 def test_at_initialisation_they_are_sgd_and_maml(tanh_mlp, name, options, equal_to):
     """Same fast weights and the same meta-gradient of the model's parameters as the rule
@@ -129,3 +130,65 @@ def test_options_are_checked():
         get_algorithm("neural-optimizer", net_bound=0.0)
     with pytest.raises(ValueError, match="hidden"):
         get_algorithm("lmml", net_hidden=0)
+
+
+def _per_tensor_step(rule, fast, grads, state, meta, lr):
+    """The neural optimiser's step written out tensor by tensor (its first form): the
+    reference for the flat, one-call-per-step form the rule runs."""
+    t, out = state["t"], {}
+    m = [{k: b * state["m"][i][k] + (1 - b) * g for k, g in grads.items()} for i, b in enumerate((0.5, 0.9, 0.99))]
+    v = {k: 0.999 * state["v"][k] + 0.001 * g * g for k, g in grads.items()}
+    for k, g in grads.items():
+        feats = [f / torch.sqrt(f.pow(2).mean() + 1e-12)
+                 for f in (g, fast[k], *(mi[k] for mi in m), torch.sqrt(v[k] + 1e-12))]
+        feats += [torch.full_like(g, math.tanh(t / s)) for s in (1.0, 3.0, 10.0)]
+        x = torch.stack(feats, dim=-1).reshape(-1, 9)
+        o = torch.tanh(torch.tanh(x @ meta["rule.w1"] + meta["rule.b1"]) @ meta["rule.w2"] + meta["rule.b2"])
+        d, s = o[:, 0].reshape(g.shape), o[:, 1].reshape(g.shape)
+        rms = torch.sqrt(g.pow(2).mean() + 1e-12)
+        out[k] = fast[k] - lr * (torch.exp(rule.bound * s) * g + rule.bound * d * rms)
+    return out, {"t": t + 1, "m": m, "v": v}
+
+
+def test_the_neural_optimisers_flat_step_equals_the_per_tensor_rule(tanh_mlp):
+    """Several steps, moved weights, tensors of different shapes (a bias of 1 entry too):
+    the flat step gives the per-tensor reference's fast weights and the same gradients
+    of its weights."""
+    rule = CoordinatewiseMLP(hidden=8, bound=0.7)
+    g = torch.Generator().manual_seed(3)
+    fast = {"a": torch.randn(4, 3, generator=g, dtype=torch.float64), "b": torch.randn(1, generator=g, dtype=torch.float64),
+            "c": torch.randn(5, generator=g, dtype=torch.float64)}
+    meta = {k: v.requires_grad_() for k, v in _moved(rule.init_params(fast, tuple(fast)), scale=0.5).items()}
+    ours, ref, sgd = dict(fast), dict(fast), dict(fast)
+    state = rule.init_state(fast, meta)
+    ref_state = {"t": 0, "m": [{k: torch.zeros_like(v) for k, v in fast.items()} for _ in range(3)],
+                 "v": {k: torch.zeros_like(v) for k, v in fast.items()}}
+    for _ in range(4):
+        grads = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in fast.items()}
+        ours, state = rule.step(ours, grads, state, meta, lr=0.3)
+        ref, ref_state = _per_tensor_step(rule, ref, grads, ref_state, meta, 0.3)
+        sgd = {k: v - 0.3 * grads[k] for k, v in sgd.items()}
+    for k in fast:
+        torch.testing.assert_close(ours[k], ref[k], rtol=1e-12, atol=1e-13)
+    assert all(not torch.allclose(ours[k], sgd[k]) for k in fast)  # the moved rule is not SGD
+    got = torch.autograd.grad(sum(v.pow(2).sum() for v in ours.values()), list(meta.values()))
+    want = torch.autograd.grad(sum(v.pow(2).sum() for v in ref.values()), list(meta.values()))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_the_modulated_learned_loss_starts_as_the_plain_one_and_depends_on_the_task_state():
+    """MeTAL's modulation at zero is the identity; moved, the learned term changes with
+    the set's label frequencies even where every row's own inputs are the same."""
+    plain, film = LearnedLoss(hidden=8, bound=0.5), LearnedLoss(hidden=8, bound=0.5, modulate=True)
+    out, y = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0, 1])
+    meta = _moved(film.init_params({"b": torch.zeros(4, dtype=torch.float64)}), scale=0.5)
+    at_zero = {k: torch.zeros_like(v) if k.startswith("loss.film.") else v for k, v in meta.items()}
+    base = {k: v for k, v in meta.items() if not k.startswith("loss.film.")}
+    torch.testing.assert_close(film.learned_term(out, y, at_zero), plain.learned_term(out, y, base), rtol=0, atol=0)
+    # Row 0 kept, the other rows' labels changed: the plain term of row 0 moves only
+    # through the concatenated mean statistics; the modulated one also through the label
+    # frequencies, so the two differ.
+    y2 = torch.tensor([0, 0, 0, 0, 0, 0])
+    assert not torch.allclose(film.learned_term(out, y2, meta)[0] - film.learned_term(out, y, meta)[0],
+                              plain.learned_term(out, y2, base)[0] - plain.learned_term(out, y, base)[0])
