@@ -57,6 +57,32 @@ def _digest(ckpt) -> str:
     return json.loads(out.stdout)["meta_parameters_sha256"]
 
 
+def _kill_9_cycles(bootstrap, topic, ckpt, summary, extra, cycles=6, seed=11) -> int:
+    """Starts the daemon, lets it learn a little, SIGKILLs it; ``cycles`` times. Returns the kills."""
+    rng, kills = random.Random(seed), 0
+    for _ in range(cycles):
+        port = free_port()
+        proc = _daemon(bootstrap, topic, "crashy", ckpt, summary, port, "--stop-at-end", *extra)
+        deadline, start = time.monotonic() + 120, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                consumed = _scrape(port).get("stream_meta_records_consumed_total", 0)
+            except OSError:
+                consumed = None
+            if consumed is not None:
+                start = consumed if start is None else start
+                if consumed > start:
+                    break
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            break  # finished before it could be killed
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    return kills
+
+
 @pytest.mark.parametrize("learn_batch", [1, 16])
 def test_kill_9_many_times_learns_every_record_exactly_once(broker, tmp_path, learn_batch):
     # One partition: across partitions the interleaving of records depends on fetch
@@ -76,29 +102,8 @@ def test_kill_9_many_times_learns_every_record_exactly_once(broker, tmp_path, le
     reference = json.loads((tmp_path / "ref.json").read_text())
     assert reference["records_learned"] == len(records)
 
-    rng = random.Random(7)
-    ckpt, summary, kills = tmp_path / "crashy", tmp_path / "crashy.json", 0
-    for cycle in range(6):
-        port = free_port()
-        proc = _daemon(broker.bootstrap, topic, "crashy", ckpt, summary, port, "--stop-at-end", *batching)
-        deadline = time.monotonic() + 120
-        start = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                consumed = _scrape(port).get("stream_meta_records_consumed_total", 0)
-            except OSError:
-                consumed = None
-            if consumed is not None:
-                start = consumed if start is None else start
-                if consumed > start:
-                    break
-            time.sleep(0.05)
-        if proc.poll() is not None:
-            break  # finished before we could kill it
-        time.sleep(rng.uniform(0.0, 1.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
+    ckpt, summary = tmp_path / "crashy", tmp_path / "crashy.json"
+    kills = _kill_9_cycles(broker.bootstrap, topic, ckpt, summary, batching, seed=7)
     final = _daemon(broker.bootstrap, topic, "crashy", ckpt, summary, 0, "--stop-at-end", *batching)
     assert final.wait(timeout=300) == 0, final.stderr.read()
     result = json.loads(summary.read_text())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import time
 
 import pytest
@@ -18,9 +17,9 @@ from kafka import KafkaProducer
 from stream_meta.daemon.labels import encode_label
 from stream_meta.daemon.records import encode
 from stream_meta.data.datasets import stream
-from stream_meta.data.local_broker import create_topics, free_port
+from stream_meta.data.local_broker import create_topics
 from tests.integration.conftest import consume_all
-from tests.integration.test_faults import _daemon, _digest, _scrape
+from tests.integration.test_faults import _daemon, _digest, _kill_9_cycles
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,32 +50,6 @@ def _produce_late(bootstrap: str, topic: str, labels_topic: str, n: int, seed: i
     producer.flush()
     producer.close()
     return sent
-
-
-def _kill_9_cycles(bootstrap, topic, ckpt, summary, extra, cycles=6, seed=11) -> int:
-    """Starts the daemon, lets it learn a little, SIGKILLs it; ``cycles`` times. Returns the kills."""
-    rng, kills = random.Random(seed), 0
-    for _ in range(cycles):
-        port = free_port()
-        proc = _daemon(bootstrap, topic, "crashy", ckpt, summary, port, "--stop-at-end", *extra)
-        deadline, start = time.monotonic() + 120, None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                consumed = _scrape(port).get("stream_meta_records_consumed_total", 0)
-            except OSError:
-                consumed = None
-            if consumed is not None:
-                start = consumed if start is None else start
-                if consumed > start:
-                    break
-            time.sleep(0.05)
-        if proc.poll() is not None:
-            break  # finished before it could be killed
-        time.sleep(rng.uniform(0.0, 1.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-    return kills
 
 
 @pytest.mark.parametrize("where,learn_batch", [("same-topic", 1), ("labels-topic", 1), ("labels-topic", 8)])
