@@ -180,9 +180,11 @@ class Service:
         self._since_checkpoint += len(records)
         # earlier records whose labels this batch brought: from the labels topic (which holds nothing
         # else; the batcher merges it in by message time), or among the records' topic's messages
-        late = [j for j in (self._label(r) for r in records if r.topic == self.settings.labels_topic) if j]
         last = records[-1]
-        records = [r for r in records if r.topic != self.settings.labels_topic]
+        late: list[Joined] = []
+        if self.settings.labels_topic:  # without a labels topic, records stay as polled (hot path)
+            late = [j for j in (self._label(r) for r in records if r.topic == self.settings.labels_topic) if j]
+            records = [r for r in records if r.topic != self.settings.labels_topic]
         batch = self.decoder.decode([r.value for r in records], [r.headers for r in records])
         for i, exc in batch.rejected:
             joined = self._label(records[i], exc)
