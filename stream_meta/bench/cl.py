@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from stream_meta.bench.args import ints
 from stream_meta.bench.continual.avalanche_baselines import METHODS as AVALANCHE_METHODS
 from stream_meta.bench.continual.metrics import cl_metrics
 from stream_meta.learn.config import BATCH_STEP_SCALES
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baselines", default="online-naive,naive,replay,ewc,er-ace,mir,mer,lamaml,gdumb",
                    help=f"Avalanche strategies ('none' for none), of {','.join(AVALANCHE_METHODS)}")
     p.add_argument("--baseline-minibatch", type=int, default=10, help="records per Avalanche minibatch")
-    p.add_argument("--learn-batch", default="1", help="stream-meta learners' --learn-batch, a comma list runs "
+    p.add_argument("--learn-batch", type=ints, default=[1], help="stream-meta learners' --learn-batch, a comma list runs "
                    "each learner at each size (rows named LEARNER@bN)")
     p.add_argument("--batch-step-scale", default="none", help="stream-meta learners' --batch-step-scale at N > 1, "
                    "a comma list of none,sqrt,linear runs each (rows named LEARNER@bN/SCALE); N = 1 runs once, "
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = _dataset(args.protocol, args.source)
     learners = [m for m in args.learners.split(",") if m and m != "none"]
     baselines = [m for m in args.baselines.split(",") if m and m != "none"]
-    learn_batches = [int(b) for b in args.learn_batch.split(",") if b]
+    learn_batches = args.learn_batch
     scales = [s for s in args.batch_step_scale.split(",") if s]
     for s in scales:
         if s not in BATCH_STEP_SCALES:

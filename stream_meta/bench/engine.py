@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from stream_meta.bench.args import ints
+
 BUSY = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end: pass\n"
 
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits-rotations")
     p.add_argument("--records", type=int, default=10_000)
-    p.add_argument("--threads", default="1,2", help="torch thread counts to compare, e.g. 1,2")
+    p.add_argument("--threads", type=ints, default=[1, 2], help="torch thread counts to compare, e.g. 1,2")
     p.add_argument("--algorithms", default="fomaml", help="comma-separated, e.g. fomaml,maml,sgd")
     p.add_argument("--contention", choices=["no", "yes", "both"], default="both",
                    help="run next to a process that keeps one core busy")
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         contention = {"no": [False], "yes": [True], "both": [False, True]}[args.contention]
         for algorithm in args.algorithms.split(","):
             for busy in contention:
-                for threads in (int(t) for t in args.threads.split(",")):
+                for threads in args.threads:
                     hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
                     try:
                         s = run_once(path, args.dataset, threads, algorithm, work, args.extra)

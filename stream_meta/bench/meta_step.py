@@ -31,6 +31,7 @@ from stream_meta.meta.algorithms import get_algorithm
 from stream_meta.meta.api import meta_step
 from stream_meta.meta.spec import Episode
 from stream_meta.model import build_mlp, init_params
+from stream_meta.bench.args import ints, names
 
 EXAMPLE = """example:
   python -m stream_meta.bench.meta_step --batches 1,8,32 --algorithms maml,fomaml --repeats 5 --threads 1
@@ -43,14 +44,6 @@ EXAMPLE = """example:
 NAIVE_TWIN = {"maml": "maml", "fomaml": "fomaml", "neural-optimizer": "maml", "lmml": "maml", "gail-meta": "maml"}
 
 
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t]
-
-
-def _names(text: str) -> list[str]:
-    return [t for t in text.split(",") if t]
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="stream-meta bench meta-step",
@@ -58,10 +51,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--batches", type=_ints, default=[1, 8, 32], help="meta-batch sizes (default 1,8,32)")
-    p.add_argument("--algorithms", type=_names, default=["maml", "fomaml"],
+    p.add_argument("--batches", type=ints, default=[1, 8, 32], help="meta-batch sizes (default 1,8,32)")
+    p.add_argument("--algorithms", type=names, default=["maml", "fomaml"],
                    help=f"of {','.join(NAIVE_TWIN)} (default maml,fomaml)")
-    p.add_argument("--engines", type=_names, default=["auto", "reference"],
+    p.add_argument("--engines", type=names, default=["auto", "reference"],
                    help="engines to time: auto, reference, fast (default auto,reference)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--repeats", type=int, default=7, help="timed meta-updates per implementation and cell")
@@ -70,7 +63,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="how repeats are reduced: min (the least-disturbed run, as timeit advises on shared machines) or median",
     )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--sizes", type=_ints, default=[784, 100, 100, 10], help="MLP layer sizes (default 784,100,100,10)")
+    p.add_argument("--sizes", type=ints, default=[784, 100, 100, 10], help="MLP layer sizes (default 784,100,100,10)")
     p.add_argument("--ways", type=int, default=5)
     p.add_argument("--shots", type=int, default=5, help="support examples per class")
     p.add_argument("--queries", type=int, default=15, help="query examples per class")

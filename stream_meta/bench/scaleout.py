@@ -30,6 +30,7 @@ from tempfile import TemporaryDirectory
 
 import torch
 
+from stream_meta.bench.args import floats, ints, one_of
 from stream_meta.bench.members import free_port, run_members, write_split
 from stream_meta.daemon.checkpoint import CheckpointStore
 
@@ -262,11 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=None, help="stream length (default: all records of --tasks)")
     parser.add_argument("--tasks", type=int, default=None, help="tasks in the stream (default: the data set's, 10); "
                         "more tasks make a longer stream, so start-up effects weigh less")
-    parser.add_argument("--sync-every", default="1,10,100", help="comma-separated meta-updates between rounds")
-    parser.add_argument("--sync-momentum", default="0", help="comma-separated outer momenta (0: plain averaging)")
-    parser.add_argument("--sync-outer-lr", default="1", help="comma-separated slow learning rates (1: to the mean)")
-    parser.add_argument("--overlap", default="off", help="comma-separated: off, on (the daemons' --sync-overlap)")
-    parser.add_argument("--partition", default="iid,noniid", help="comma-separated: iid, noniid")
+    parser.add_argument("--sync-every", type=ints, default=[1, 10, 100], help="comma-separated meta-updates between rounds")
+    parser.add_argument("--sync-momentum", type=floats, default=[0.0], help="comma-separated outer momenta (0: plain averaging)")
+    parser.add_argument("--sync-outer-lr", type=floats, default=[1.0], help="comma-separated slow learning rates (1: to the mean)")
+    parser.add_argument("--overlap", type=one_of("off", "on"), default=["off"], help="comma-separated: off, on (the daemons' --sync-overlap)")
+    parser.add_argument("--partition", type=one_of("iid", "noniid"), default=["iid", "noniid"], help="comma-separated: iid, noniid")
     parser.add_argument("--support", type=int, default=20, help="records each task is adapted on before scoring")
     parser.add_argument("--learn-batch", type=int, default=1, help="the daemons' --learn-batch")
     parser.add_argument("--preset", default=None, help="the daemons' --preset (default: the daemon's default learner)")
@@ -283,10 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     flags = ["--input-dim", "64", "--num-classes", "10", "--learn-batch", str(args.learn_batch)]
     if args.preset is not None:
         flags += ["--preset", args.preset]
-    configs = configs_for([int(v) for v in args.sync_every.split(",")], args.partition.split(","),
-                          [float(v) for v in args.sync_momentum.split(",")],
-                          [v.strip() == "on" for v in args.overlap.split(",")], args.kafka,
-                          tuple(float(v) for v in args.sync_outer_lr.split(",")))
+    configs = configs_for(args.sync_every, args.partition, args.sync_momentum,
+                          [v == "on" for v in args.overlap], args.kafka, tuple(args.sync_outer_lr))
     print(f"load average at the start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     if args.kafka and args.bootstrap is None:
         from stream_meta.data.local_broker import LocalBroker

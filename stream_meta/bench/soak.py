@@ -29,6 +29,8 @@ from pathlib import Path
 
 from connectors.base import Offsets, RawRecord
 
+from stream_meta.bench.args import ints
+
 
 def _cpu_s() -> float:
     """CPU seconds this process used (user + system): far less disturbed by other jobs on a shared
@@ -166,7 +168,7 @@ def child(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="stream-meta bench soak", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="10000,1000000", help="stream lengths, one process each")
+    p.add_argument("--sizes", type=ints, default=[10000, 1000000], help="stream lengths, one process each")
     p.add_argument("--dataset", default="digits-rotations", help="a built-in data set, cycled")
     p.add_argument("--data-dir", default="data/mnist")
     p.add_argument("--base-records", type=int, default=5000, help="records of the data set cycled")
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     rows = []
-    for n in (int(s) for s in args.sizes.split(",")):
+    for n in args.sizes:
         cmd = [sys.executable, "-m", "stream_meta.bench.soak", "--child", str(n), "--dataset", args.dataset,
                "--data-dir", args.data_dir, "--base-records", str(args.base_records), "--format", args.format,
                "--task-ids", args.task_ids, "--learn-batch", str(args.learn_batch), "--set", args.set,

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stream_meta.bench.args import ints
 from stream_meta.learn.config import ModelConfig
 from stream_meta.learn.learner import OnlineMetaLearner
 from stream_meta.learn.sgd import OnlineSGDLearner
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", default="auto", choices=["auto", "digits", "mnist"],
                    help="auto: digits, plus MNIST when --data-dir holds it")
     p.add_argument("--data-dir", default="data/mnist")
-    p.add_argument("--batches", default="1,10", help="poll sizes (records predicted, then learned, together)")
+    p.add_argument("--batches", type=ints, default=[1, 10], help="poll sizes (records predicted, then learned, together)")
     p.add_argument("--scale", type=float, default=1.0, help="shrink records per task, e.g. 0.3 for a quick look")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.streams.split(","):
             s = build_stream(name, source, args.seed, args.data_dir, args.scale)
             settings = list(SETTINGS) + (["stripped-cold"] if name == "recurring" else [])
-            for batch in (int(b) for b in args.batches.split(",")):
+            for batch in args.batches:
                 for setting in settings:
                     det = DetectorConfig(match="none") if setting == "stripped-cold" else DetectorConfig()
                     r = run(s, "stripped" if setting == "stripped-cold" else setting, batch, args.seed, det)
