@@ -124,11 +124,12 @@ class Config:
     overlap: bool = False
     kafka: bool = False
     outer_lr: float = 1.0
+    lr_scale: str = "linear"  # the daemons' --sync-lr-scale
 
     def flags(self) -> list[str]:
         if not self.sync:
             return []
-        return (["--sync-momentum", str(self.momentum)] if self.momentum else []) + (
+        return ["--sync-lr-scale", self.lr_scale] + (["--sync-momentum", str(self.momentum)] if self.momentum else []) + (
             ["--sync-outer-lr", str(self.outer_lr)] if self.outer_lr != 1 else []) + (
             ["--sync-overlap"] if self.overlap else [])
 
@@ -186,6 +187,7 @@ def run(dataset: str, records: int | None, n_tasks: int | None, configs: list[Co
                         "sync_momentum": cfg.momentum if grouped else None,
                         "sync_overlap": cfg.overlap if grouped else None,
                         "sync_outer_lr": cfg.outer_lr if grouped else None,
+                        "sync_lr_scale": cfg.lr_scale if grouped else None,
                         "sync_rounds": latest[0].manifest.get("sync_round"),
                         "sync_bytes": _sync_bytes(latest[0].state["learner"], flags) if grouped else 0,
                         "accuracy_all_tasks": round(sum(accs) / len(accs), 4),
@@ -204,20 +206,25 @@ def run(dataset: str, records: int | None, n_tasks: int | None, configs: list[Co
 
 
 def configs_for(sync_everies: list[int], partitions: list[str], momenta: list[float], overlaps: list[bool],
-                kafka: bool, outer_lrs: tuple[float, ...] = (1.0,)) -> list[Config]:
-    """The table's rows: one daemon, members alone, groups (cadence x momentum x outer lr x overlap), Kafka."""
+                kafka: bool, outer_lrs: tuple[float, ...] = (1.0,),
+                lr_scales: tuple[str, ...] = ("linear",)) -> list[Config]:
+    """The table's rows: one daemon, members alone, groups (cadence x momentum x outer lr x overlap x
+    step scaling; a label names what differs from the daemon's defaults), Kafka."""
     out = [Config("single", 1, "iid", False)]
     for partition in partitions:
         out.append(Config(f"alone-{partition}", 2, partition, False))
         for every in sync_everies:
             for m in momenta:
                 for lr in outer_lrs:
-                    for overlap in overlaps:
-                        if overlap and (m or lr != 1):
-                            continue  # outer momentum / lr need blocking rounds
-                        label = f"group-{partition}-every{every}" + (f"-momentum{m:g}" if m else "") + (
-                            f"-outerlr{lr:g}" if lr != 1 else "") + ("-overlap" if overlap else "")
-                        out.append(Config(label, 2, partition, True, every, m, overlap, outer_lr=lr))
+                    for scale in lr_scales:
+                        for overlap in overlaps:
+                            if overlap and (m or lr != 1):
+                                continue  # outer momentum / lr need blocking rounds
+                            label = f"group-{partition}-every{every}" + (f"-momentum{m:g}" if m else "") + (
+                                f"-outerlr{lr:g}" if lr != 1 else "") + (
+                                f"-lrscale-{scale}" if scale != "linear" else "") + ("-overlap" if overlap else "")
+                            out.append(Config(label, 2, partition, True, every, m, overlap, outer_lr=lr,
+                                              lr_scale=scale))
     if kafka:
         out.append(Config("kafka-single", 1, "noniid", False, kafka=True))
         for overlap in overlaps:
@@ -242,7 +249,7 @@ def print_table(rows: list[dict], repeat: int) -> None:
               f"{r['records_per_cpu_s'] or 0:9.1f} {_ratio(r['records_per_cpu_s'], one['records_per_cpu_s']):>6} "
               f"{r['sync_share']:7.1%} {r['accuracy_all_tasks']:8.4f}  {r['accuracy_per_member']}")
     for r in rows:
-        plain = not r["sync_momentum"] and r["sync_outer_lr"] in (1, None)
+        plain = not r["sync_momentum"] and r["sync_outer_lr"] in (1, None) and r.get("sync_lr_scale") in ("linear", None)
         if r["members"] == 2 and r["sync_every"] == 10 and plain:
             mode = "overlapped" if r["sync_overlap"] else "blocking"
             one = base[r["source"]]
@@ -266,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sync-every", type=ints, default=[1, 10, 100], help="comma-separated meta-updates between rounds")
     parser.add_argument("--sync-momentum", type=floats, default=[0.0], help="comma-separated outer momenta (0: plain averaging)")
     parser.add_argument("--sync-outer-lr", type=floats, default=[1.0], help="comma-separated slow learning rates (1: to the mean)")
+    parser.add_argument("--sync-lr-scale", type=one_of("none", "sqrt", "linear"), default=["linear"],
+                        help="comma-separated: the members' meta-steps x members learning in parallel (linear, the "
+                        "daemon's default), x its square root, or none (meta_lr as alone)")
     parser.add_argument("--overlap", type=one_of("off", "on"), default=["off"], help="comma-separated: off, on (the daemons' --sync-overlap)")
     parser.add_argument("--partition", type=one_of("iid", "noniid"), default=["iid", "noniid"], help="comma-separated: iid, noniid")
     parser.add_argument("--support", type=int, default=20, help="records each task is adapted on before scoring")
@@ -285,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.preset is not None:
         flags += ["--preset", args.preset]
     configs = configs_for(args.sync_every, args.partition, args.sync_momentum,
-                          [v == "on" for v in args.overlap], args.kafka, tuple(args.sync_outer_lr))
+                          [v == "on" for v in args.overlap], args.kafka, tuple(args.sync_outer_lr),
+                          tuple(args.sync_lr_scale))
     print(f"load average at the start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     if args.kafka and args.bootstrap is None:
         from stream_meta.data.local_broker import LocalBroker

@@ -117,7 +117,7 @@ def build_service(cfg: RunConfig, registry: CollectorRegistry) -> Service:
 def build_sync(cfg: RunConfig, learner: Learner, registry: CollectorRegistry) -> Sync | NoSync:
     """A scale-out group from the standard torch.distributed environment; none at world size 1."""
     settings = settings_from_env(os.environ, cfg.sync_every, cfg.sync_every_s, cfg.sync_timeout_s,
-                                 cfg.sync_overlap, cfg.sync_momentum, cfg.sync_outer_lr)
+                                 cfg.sync_overlap, cfg.sync_momentum, cfg.sync_outer_lr, cfg.sync_lr_scale)
     if settings is None:
         return NoSync()
     return Sync(learner, settings, SyncMetrics(registry))

@@ -200,6 +200,9 @@ class RunConfig(BaseModel):
                                  "update of the meta-parameters (slow lr 1); 0 = plain averaging")
     sync_outer_lr: float = Field(1.0, gt=0, le=4, description="SlowMo slow learning rate: each round moves the "
                                  "meta-parameters this far along the group's averaged update (1 = to the mean)")
+    sync_lr_scale: Literal["none", "sqrt", "linear"] = Field(
+        "linear", description="each member's meta-steps times the members that learned in parallel in the last round "
+        "(sqrt: its square root; none: meta_lr as alone): n members make 1/n of one daemon's sequential steps")
     sync_overlap: bool = Field(False, description="run each round's all-reduce while the member learns on and apply "
                                "it at the next round (one round stale, local steps kept): no member waits for a slower "
                                "one unless it falls a whole round behind")

@@ -21,6 +21,13 @@ applies the result at the next round, plus what the member learned meanwhile (on
 stale; the first round of a group and the end-of-stream rounds stay blocking, so members
 still end equal). ``momentum``/``outer_lr`` apply SlowMo's outer step (daemon/slowmo.py)
 to the averaged meta-parameters.
+
+Step scaling (``lr_scale``, ``--sync-lr-scale``, default ``linear``): n members that learn in
+parallel make 1/n of the sequential meta-updates one daemon makes on the same records, and
+averaging their steps does not lengthen them; so each member's meta-steps are n times
+``meta_lr`` (``sqrt``: sqrt(n)), n being the members that learned in the last round (the
+group's size before a first one, 1 when learning alone): the linear scaling rule of
+large-batch and post-local SGD (Goyal et al. 2017; Lin et al. 2020).
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ from stream_meta.learn.base import Learner
 
 log = logging.getLogger(__name__)
 
+LR_SCALES = ("none", "sqrt", "linear")
+
 
 @dataclass(frozen=True)
 class SyncSettings:
@@ -56,10 +65,12 @@ class SyncSettings:
     overlap: bool = False  # one-round-stale averaging: the all-reduce runs while the member learns on
     momentum: float = 0.0  # SlowMo's outer momentum on the averaged update (0: plain averaging)
     outer_lr: float = 1.0  # SlowMo's slow learning rate: how far along the averaged update to move
+    lr_scale: str = "linear"  # meta-steps x members learning in parallel: none, sqrt, linear (see the module)
 
 
 def settings_from_env(env: Mapping[str, str], every: int, every_s: float | None, timeout_s: float,
-                      overlap: bool = False, momentum: float = 0.0, outer_lr: float = 1.0) -> SyncSettings | None:
+                      overlap: bool = False, momentum: float = 0.0, outer_lr: float = 1.0,
+                      lr_scale: str = "linear") -> SyncSettings | None:
     """The group from ``WORLD_SIZE``/``RANK``/``MASTER_ADDR``/``MASTER_PORT``; None without one.
     ``RANK`` may also be a StatefulSet pod name (``stream-meta-3`` -> 3)."""
     world = int(env.get("WORLD_SIZE", "1") or "1")
@@ -76,8 +87,10 @@ def settings_from_env(env: Mapping[str, str], every: int, every_s: float | None,
         raise ConfigError("WORLD_SIZE > 1 needs MASTER_ADDR and MASTER_PORT (member 0's host and rendezvous port)")
     if overlap and (momentum or outer_lr != 1.0):
         raise ConfigError("--sync-momentum and --sync-outer-lr need blocking rounds: not with --sync-overlap")
+    if lr_scale not in LR_SCALES:
+        raise ConfigError(f"--sync-lr-scale {lr_scale!r}: choose one of {', '.join(LR_SCALES)}")
     return SyncSettings(rank, world, env["MASTER_ADDR"], int(env["MASTER_PORT"]), every, every_s, timeout_s, overlap,
-                        momentum, outer_lr)
+                        momentum, outer_lr, lr_scale)
 
 
 class SyncMetrics:
@@ -282,11 +295,14 @@ class Sync:
         self.metrics.bytes.set(body.numel() * body.element_size() + header.numel() * header.element_size())
         self.metrics.seconds.observe(seconds)
         self.seconds += seconds
+        if header[0] > 0:  # (a round nobody learned in says nothing about who learns in parallel)
+            self._scale_steps(float(header[0]))
         if header[4] > 0 and not leaving:
             # A member stopped cleanly: the group is re-formed when it (or a replacement) is back.
             log.info("a member left the group after round %d; learning alone until it re-forms", self.rounds)
             self._pg = None
             self.metrics.members.set(0)
+            self._scale_steps(1.0)
         return header
 
     # -- overlapped rounds (--sync-overlap) -------------------------------------
@@ -346,6 +362,11 @@ class Sync:
         if not work.wait(timedelta(seconds=wait_s)):
             raise RuntimeError(f"all-reduce did not finish within {wait_s}s")
 
+    def _scale_steps(self, members: float) -> None:
+        """Meta-steps for ``members`` learning in parallel (see the module): 1 alone."""
+        n = max(1.0, members)
+        self.learner.scale_meta_steps({"none": 1.0, "sqrt": n ** 0.5, "linear": n}[self.settings.lr_scale])
+
     def _fail(self, stage: str, exc: BaseException) -> None:
         self.failures += 1
         self.metrics.failures.inc()
@@ -354,6 +375,7 @@ class Sync:
                     stage, self.rounds, self.settings.rank, self.settings.world_size, str(exc).splitlines()[0])
         self._pg = None  # a gloo group that timed out is not reusable
         self._pending, self._layout = None, None
+        self._scale_steps(1.0)  # learning alone: its own steps are the only ones
         if self.settings.rank != 0:
             self._store = None  # the store may be a new one (rank 0 restarted): reconnect next time
 
@@ -405,5 +427,6 @@ class Sync:
             self._fail("rendezvous", exc)
             return False
         self.metrics.members.set(s.world_size)
+        self._scale_steps(float(s.world_size))  # until a round says how many learn
         log.info("sync group formed: rank %d of %d, generation %d", s.rank, s.world_size, generation)
         return True

@@ -67,3 +67,7 @@ class Learner(Protocol):
     def shared_tensors(self) -> dict[str, torch.Tensor]: ...  # what a scale-out group averages
 
     def load_shared(self, tensors: dict[str, torch.Tensor]) -> None: ...
+
+    # A group of n members learning in parallel makes 1/n of one learner's sequential steps:
+    # each (meta-)step is this factor times the configured one (1: alone; not checkpointed).
+    def scale_meta_steps(self, factor: float) -> None: ...

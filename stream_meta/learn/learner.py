@@ -86,6 +86,7 @@ class OnlineMetaLearner:
         self.meta_updates = 0
         self.nonfinite_skips = 0
         self._learner_metrics: dict[str, float] = {}
+        self._group_scale = 1.0  # set by a scale-out group (scale_meta_steps); 1 alone
 
     # -- prediction ---------------------------------------------------------
     def fast_weights(self, task: str) -> Params:
@@ -277,7 +278,7 @@ class OnlineMetaLearner:
         stats = meta_step(self.alg, self.model, self.params, self.extra, batch, self.optimizer,
                           steps=self.inner_cfg.steps, lr=self.inner_cfg.lr,
                           adjust=penalise if self.reg is not None else None,
-                          step_scale=self.meta_cfg.step_scale(len(episodes)))
+                          step_scale=self.meta_cfg.step_scale(len(episodes)) * self._group_scale)
         report.stats = stats
         self._learner_metrics.update(stats.get("learner_stats", {}))
         if stats["nonfinite"]:  # the algorithm checked losses and gradients; nothing was updated
@@ -331,6 +332,13 @@ class OnlineMetaLearner:
             self.reg.anchor = {k: tensors[f"regularizer/anchor/{k}"].clone() for k in self.params
                                if f"regularizer/anchor/{k}" in tensors}
         self._fast.clear()  # every cached adaptation started from the old meta-parameters
+
+    def scale_meta_steps(self, factor: float) -> None:
+        """Every meta-step from now on is ``factor`` times ``meta_lr``'s (a group's members learn
+        in parallel, so each makes fewer sequential steps); the optimiser keeps its own lr."""
+        if not factor > 0:
+            raise ValueError(f"meta-step factor must be > 0, got {factor}")
+        self._group_scale = float(factor)
 
     # -- state ----------------------------------------------------------------
     def health(self) -> LearnerHealth:

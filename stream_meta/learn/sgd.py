@@ -25,6 +25,7 @@ class OnlineSGDLearner:
         self.optimizer = torch.optim.SGD(list(self.params.values()), lr=lr)
         self.meta_updates = 0
         self.nonfinite_skips = 0
+        self._scale = 1.0  # scale_meta_steps
 
     @torch.no_grad()
     def predict(self, task: str, x: torch.Tensor) -> int:
@@ -60,6 +61,14 @@ class OnlineSGDLearner:
             for k, v in self.params.items():
                 v.copy_(tensors[f"params/{k}"])
 
+    def scale_meta_steps(self, factor: float) -> None:
+        """Steps of ``factor * lr`` from now on (a scale-out group's members learn in parallel)."""
+        if not factor > 0:
+            raise ValueError(f"step factor must be > 0, got {factor}")
+        self._scale = float(factor)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * factor
+
     def state_dict(self) -> dict:
         return {"params": {k: v.detach().clone() for k, v in self.params.items()}, "optimizer": copy.deepcopy(self.optimizer.state_dict())}
 
@@ -68,3 +77,4 @@ class OnlineSGDLearner:
             for k, v in state["params"].items():
                 self.params[k].copy_(v)
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scale_meta_steps(self._scale)  # a checkpoint's lr is the one it was saved with, not this process's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 import torch
@@ -61,13 +62,13 @@ def test_shared_tensors_round_trip_including_optimiser_moments():
     assert torch.equal(b.optimizer.state[p]["exp_avg"], a.optimizer.state[a.params[next(iter(a.params))]]["exp_avg"])
 
 
-def _pair(learners, port, timeout_s=10.0, every=1, overlap=False, momentum=0.0):
+def _pair(learners, port, timeout_s=10.0, every=1, overlap=False, momentum=0.0, lr_scale="linear", every_s=None):
     syncs: list[Sync | None] = [None, None]
     regs = [CollectorRegistry(), CollectorRegistry()]
 
     def start(rank):
-        syncs[rank] = Sync(learners[rank], SyncSettings(rank, 2, "127.0.0.1", port, every, None, timeout_s, overlap,
-                                                        momentum),
+        syncs[rank] = Sync(learners[rank], SyncSettings(rank, 2, "127.0.0.1", port, every, every_s, timeout_s, overlap,
+                                                        momentum, lr_scale=lr_scale),
                            SyncMetrics(regs[rank]))
 
     threads = [threading.Thread(target=start, args=(r,)) for r in (0, 1)]
@@ -210,6 +211,46 @@ def test_outer_momentum_gives_both_members_the_same_meta_parameters_past_the_pla
     params = sum(v.numel() for v in learners[0].params.values())
     plain_bytes = 4 * sum(v.numel() for v in a.values()) + 8 * 5
     assert regs[0].get_sample_value("stream_meta_sync_bytes") == plain_bytes + 2 * 4 * params  # + anchor, momentum
+
+
+class _Spy(OnlineMetaLearner):
+    """Records the meta-step factors the group sets."""
+
+    factors: list[float]
+
+    def scale_meta_steps(self, factor: float) -> None:
+        self.factors = [*getattr(self, "factors", []), factor]
+        super().scale_meta_steps(factor)
+
+
+def _spy(seed: int) -> _Spy:
+    learner = _Spy(CFG, seed=seed)
+    _learn_more(learner, seed, records=40)
+    return learner
+
+
+@pytest.mark.parametrize("lr_scale, two", [("linear", 2.0), ("sqrt", 2.0 ** 0.5), ("none", 1.0)])
+def test_members_step_by_how_many_learned_in_parallel_and_alone_by_one(lr_scale, two):
+    learners = [_spy(1), _spy(2)]
+    # rounds by time only (every turn once 10 ms passed), so a member may take part without learning
+    syncs, _ = _pair(learners, _port(), every=10_000, every_s=0.01, lr_scale=lr_scale)
+    assert [l.factors for l in learners] == [[two], [two]]  # a group formed: both will learn
+    turn = lambda s, l: (time.sleep(0.02), s.after_learn(l.meta_updates))
+    for i, l in enumerate(learners):
+        _learn_more(l, 60 + i)
+    _in_threads(turn, (syncs[0], learners[0]), (syncs[1], learners[1]))
+    assert [l.factors[-1] for l in learners] == [two, two]  # both learned in that round
+    _learn_more(learners[0], 70)  # only member 0 learns; member 1 is idle (no partition, say)
+    _in_threads(turn, (syncs[0], learners[0]), (syncs[1], learners[1]))
+    assert syncs[0].rounds == syncs[1].rounds == 2
+    assert [l.factors[-1] for l in learners] == [1.0, 1.0]  # one member learned: no one else's steps to make up
+    alone = _spy(3)
+    sync = Sync(alone, SyncSettings(0, 2, "127.0.0.1", _port(), 1, None, 0.5, lr_scale=lr_scale),
+                SyncMetrics(CollectorRegistry()))
+    assert sync.failures >= 1 and alone.factors[-1] == 1.0  # no group: its own steps only
+    env = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "m", "MASTER_PORT": "29500"}
+    with pytest.raises(ConfigError, match="sync-lr-scale"):
+        settings_from_env(env, 10, None, 30.0, lr_scale="cubic")
 
 
 def test_momentum_and_overlap_are_refused_together():

@@ -68,3 +68,35 @@ def test_a_batch_of_k_episodes_takes_one_step_scaled_by_k_and_restores_meta_lr()
     for scale, factor in (("sqrt", k ** 0.5), ("linear", float(k))):
         for n in before:
             torch.testing.assert_close(deltas[scale][n], factor * deltas["none"][n], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("algorithm", ["reptile", "fomaml"])
+def test_a_group_factor_on_meta_steps_learns_as_meta_lr_times_it(algorithm):
+    # scale_meta_steps(n) is what a scale-out group of n members sets (daemon/sync.py)
+    tasks, x, y = _rows(80)
+    scaled, doubled = _learner("none", algorithm), _learner("none", algorithm, meta_lr=0.02)
+    scaled.scale_meta_steps(2.0)
+    for learner in (scaled, doubled):
+        for i in range(len(tasks)):
+            learner.learn(tasks[i], x[i], int(y[i]))
+    assert scaled.meta_updates == doubled.meta_updates > 10
+    for k in doubled.params:
+        assert torch.allclose(scaled.params[k], doubled.params[k], atol=1e-6), k
+    assert scaled.optimizer.param_groups[0]["lr"] == 0.01  # the optimiser (and its checkpoints) keep meta_lr
+    with pytest.raises(ValueError, match="> 0"):
+        scaled.scale_meta_steps(0.0)
+
+
+def test_the_sgd_baseline_scales_its_steps_and_restores_its_own_lr_from_a_checkpoint():
+    from stream_meta.learn.sgd import OnlineSGDLearner
+
+    tasks, x, y = _rows(20)
+    scaled, doubled = OnlineSGDLearner(MODEL, lr=0.1), OnlineSGDLearner(MODEL, lr=0.2)
+    scaled.scale_meta_steps(2.0)
+    for learner in (scaled, doubled):
+        learner.learn_batch(tasks, x, y)
+    for k in doubled.params:
+        assert torch.allclose(scaled.params[k], doubled.params[k], atol=1e-6), k
+    fresh = OnlineSGDLearner(MODEL, lr=0.1)
+    fresh.load_state_dict(scaled.state_dict())  # saved while in a group of 2, restored alone
+    assert fresh.optimizer.param_groups[0]["lr"] == 0.1
