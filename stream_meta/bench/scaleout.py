@@ -281,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--support", type=int, default=20, help="records each task is adapted on before scoring")
     parser.add_argument("--learn-batch", type=int, default=1, help="the daemons' --learn-batch")
     parser.add_argument("--preset", default=None, help="the daemons' --preset (default: the daemon's default learner)")
+    parser.add_argument("--seed", type=int, default=0, help="the daemons' --seed (the learner's initialisation and "
+                        "sampling; the stream is the same): runs are deterministic, so seeds give the spread")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each configuration (best and median reported)")
     parser.add_argument("--kafka", action="store_true", help="also one daemon and a 2-member group through the "
                         "bundled broker (--bootstrap: another), one topic with 2 partitions keyed by task")
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
     torch.set_num_threads(1)
-    flags = ["--input-dim", "64", "--num-classes", "10", "--learn-batch", str(args.learn_batch)]
+    flags = ["--input-dim", "64", "--num-classes", "10", "--learn-batch", str(args.learn_batch), "--seed", str(args.seed)]
     if args.preset is not None:
         flags += ["--preset", args.preset]
     configs = configs_for(args.sync_every, args.partition, args.sync_momentum,

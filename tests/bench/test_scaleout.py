@@ -47,3 +47,12 @@ def test_the_rate_is_all_records_over_the_slowest_members_processing_time(capsys
     print_table([base, group], repeat=3)
     line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("SPEED-UP"))
     assert "2.00x one member (best of 3; median 1.80x" in line and "per CPU-second 1.80x" in line
+
+
+def test_step_scaling_rows_pass_the_flag_and_only_a_non_default_one_is_named():
+    configs = configs_for([10], ["iid"], [0.0], [False], False, (1.0,), ("none", "linear"))
+    by_label = {c.label: c for c in configs}
+    assert set(by_label) == {"single", "alone-iid", "group-iid-every10-lrscale-none", "group-iid-every10"}
+    assert by_label["group-iid-every10"].flags() == ["--sync-lr-scale", "linear"]
+    assert by_label["group-iid-every10-lrscale-none"].flags() == ["--sync-lr-scale", "none"]
+    assert by_label["alone-iid"].flags() == []  # members alone do not sync: no group flags
