@@ -39,14 +39,19 @@ def accuracy_all_tasks(ckpt_dir: Path, dataset: str, flags: list[str], support: 
                        n_tasks: int | None = None) -> float:
     """Mean held-out accuracy over every task of the meta-parameters in ``ckpt_dir``'s latest checkpoint."""
     from stream_meta.daemon.app import build_learner
-    from stream_meta.daemon.checkpoint import CheckpointStore
     from stream_meta.daemon.config import load_config
+
+    learner = build_learner(load_config(_as_flags(flags), env={}))
+    learner.load_state_dict(CheckpointStore(ckpt_dir).load_latest().state["learner"])
+    return accuracy_of(learner, dataset, support, n_tasks)
+
+
+def accuracy_of(learner, dataset: str, support: int, n_tasks: int | None = None) -> float:
+    """Mean held-out accuracy over every task of ``learner``'s meta-parameters, each adapted on
+    the task's first ``support`` records."""
     from stream_meta.data.datasets import make_tasks
     from stream_meta.meta.mlp import mlp_forward
 
-    cfg = load_config(_as_flags(flags), env={})
-    learner = build_learner(cfg)
-    learner.load_state_dict(CheckpointStore(ckpt_dir).load_latest().state["learner"])
     accs = []
     for task in make_tasks(dataset, n_tasks=n_tasks):
         sx, sy = torch.from_numpy(task.train_x[:support]), torch.from_numpy(task.train_y[:support])

@@ -23,6 +23,7 @@ BENCHES = {
     "defaults": "stream_meta.bench.defaults",
     "taskfree": "stream_meta.bench.taskfree",
     "scaleout": "stream_meta.bench.scaleout",
+    "scaleout-sim": "stream_meta.bench.scaleout_sim",
     "soak": "stream_meta.bench.soak",
 }
 

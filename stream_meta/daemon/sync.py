@@ -51,6 +51,16 @@ log = logging.getLogger(__name__)
 LR_SCALES = ("none", "sqrt", "linear")
 
 
+def step_factor(lr_scale: str, members: float) -> float:
+    """The meta-step factor for ``members`` learning in parallel under rule ``lr_scale``.
+
+    >>> [step_factor(rule, 4) for rule in LR_SCALES], step_factor("linear", 0)
+    ([1.0, 2.0, 4.0], 1.0)
+    """
+    n = max(1.0, float(members))
+    return {"none": 1.0, "sqrt": n ** 0.5, "linear": n}[lr_scale]
+
+
 @dataclass(frozen=True)
 class SyncSettings:
     """Who this member is and when it syncs."""
@@ -364,8 +374,7 @@ class Sync:
 
     def _scale_steps(self, members: float) -> None:
         """Meta-steps for ``members`` learning in parallel (see the module): 1 alone."""
-        n = max(1.0, members)
-        self.learner.scale_meta_steps({"none": 1.0, "sqrt": n ** 0.5, "linear": n}[self.settings.lr_scale])
+        self.learner.scale_meta_steps(step_factor(self.settings.lr_scale, members))
 
     def _fail(self, stage: str, exc: BaseException) -> None:
         self.failures += 1
