@@ -99,8 +99,9 @@ def meta_gradient_mean(
     if not episodes:
         raise ValueError("a meta-batch needs at least one episode")
     engine, _ = choose_engine(backend, model, spec, all(e.support_x.dim() == 2 for e in episodes))
-    groups = group_by_shape(episodes)
-    if engine == "fast" and one_step_applies(model, spec) and (len(groups) == 1 or _paddable(episodes)):
+    flat = engine == "fast" and one_step_applies(model, spec) and _paddable(episodes)
+    groups = [] if flat else group_by_shape(episodes)
+    if flat:
         batches = []  # one flat pass over every episode's rows, no task dimension
         r = one_step_reptile(model, theta, spec, episodes)
         results = [GroupResult(r.grads, {k: torch.zeros_like(v) for k, v in extra.items()}, r.query_loss,

@@ -367,19 +367,17 @@ def one_step_reptile(model: nn.Module, theta: Params, spec: InnerLoop, episodes:
     """
     layers = mlp_layers(model)
     assert layers is not None
-    xs, ys, w, q_rows, q_w, task = [], [], [], [], [], []
-    start, dtype = 0, episodes[0].support_x.dtype
-    for t, e in enumerate(episodes):
-        s, q = e.support_x.shape[0], e.query_x.shape[0]
-        xs += [e.support_x, e.query_x]
-        ys += [e.support_y, e.query_y]
-        w.append(torch.full((s + q,), 1.0 / (s + q), dtype=dtype))
-        q_rows.append(torch.arange(start + s, start + s + q))
-        q_w.append(torch.full((q,), 1.0 / q, dtype=dtype))
-        task.append(torch.full((s + q,), t))
-        start += s + q
-    x, y, w, task = torch.cat(xs), torch.cat(ys), torch.cat(w), torch.cat(task)
-    q_rows, q_w = torch.cat(q_rows), torch.cat(q_w)
+    dtype = episodes[0].support_x.dtype
+    s = torch.tensor([e.support_x.shape[0] for e in episodes])
+    q = torch.tensor([e.query_x.shape[0] for e in episodes])
+    x = torch.cat([t for e in episodes for t in (e.support_x, e.query_x)])
+    y = torch.cat([t for e in episodes for t in (e.support_y, e.query_y)])
+    n = s + q
+    task = torch.repeat_interleave(torch.arange(len(episodes)), n)
+    w = (1.0 / n.to(dtype))[task]
+    first = torch.cumsum(n, 0) - n  # each episode's first row
+    q_rows = torch.nonzero(torch.arange(x.shape[0]) - first[task] >= s[task]).squeeze(1)  # its last q rows
+    q_w = (1.0 / q.to(dtype))[task[q_rows]]
     ins = [x]
     for layer in layers[:-1]:
         ins.append(layer.act(_lin(theta, layer, ins[-1])))
