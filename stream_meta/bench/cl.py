@@ -24,10 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from stream_meta.bench.args import ints
+from stream_meta.bench.args import ints, one_of
 from stream_meta.bench.continual.avalanche_baselines import METHODS as AVALANCHE_METHODS
 from stream_meta.bench.continual.metrics import cl_metrics
-from stream_meta.learn.config import BATCH_STEP_SCALES
+from stream_meta.learn.config import BATCH_STEP_SCALES, BATCH_UPDATES
 from stream_meta.bench.continual.runner import LEARNERS, plain_sgd_records_per_second, save_tasks
 
 PROTOCOLS = ("rotations", "permutations", "many-permutations", "split")
@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-step-scale", default="none", help="stream-meta learners' --batch-step-scale at N > 1, "
                    "a comma list of none,sqrt,linear runs each (rows named LEARNER@bN/SCALE); N = 1 runs once, "
                    "as every scale learns the same there")
+    p.add_argument("--batch-update", type=one_of(*BATCH_UPDATES), default=["each"],
+                   help="stream-meta learners' --batch-update at N > 1, a comma list of each,one runs each (rows "
+                   "named LEARNER@bN/UPDATE); --batch-step-scale applies to 'one'")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
@@ -216,12 +219,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(tasks[0].test_y)} held out per task (built in {time.perf_counter() - t0:.0f} s)", file=sys.stderr)
             for m in learners:
                 for size in learn_batches:
-                    for scale in scales[:1] if size == 1 else scales:
+                    # N = 1 learns the same whatever the batch settings: it runs once.
+                    variants = [(args.batch_update[0], scales[0])] if size == 1 else [
+                        (u, s) for u in args.batch_update for s in (scales if u == "one" else scales[:1])]
+                    for update, scale in variants:
                         name = m if len(learn_batches) == 1 and size == 1 else f"{m}@b{size}"
-                        name += f"/{scale}" if len(scales) > 1 and size > 1 else ""
+                        name += f"/{update}" if len(args.batch_update) > 1 and size > 1 else ""
+                        name += f"/{scale}" if len(scales) > 1 and size > 1 and update == "one" else ""
                         spec = {"method": m, "seed": seed, "data": str(data), "learn_batch": size,
-                                "overrides": {"meta_cfg": {"batch_step_scale": scale}}}
-                        out = _run_worker("stream_meta.bench.continual.runner", spec, f"{m}-b{size}-{scale}-{seed}", work)
+                                "overrides": {"meta_cfg": {"batch_step_scale": scale, "batch_update": update}}}
+                        out = _run_worker("stream_meta.bench.continual.runner", spec,
+                                          f"{m}-b{size}-{update}-{scale}-{seed}", work)
                         rows.append(_row(name, "stream-meta", seed, out))
             for m in baselines:
                 spec = {"method": m, "seed": seed, "data": str(data), "minibatch": args.baseline_minibatch}

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from stream_meta.errors import ConfigError
 from stream_meta.learn.config import (
-    BACKENDS, BATCH_STEP_SCALES, LOSSES, InnerLoopConfig, MetaStepConfig, ModelConfig, ProbeConfig, RegularizerConfig, ReplayConfig,
+    BACKENDS, BATCH_STEP_SCALES, BATCH_UPDATES, LOSSES, InnerLoopConfig, MetaStepConfig, ModelConfig, ProbeConfig, RegularizerConfig, ReplayConfig,
 )
 from stream_meta.learn.presets import DEFAULT_PRESET, PRESETS, preset_settings
 
@@ -157,6 +157,12 @@ class RunConfig(BaseModel):
         "none", description="with --learn-batch N > 1, scale a task's one meta-update per batch by the episodes it "
         "learns together, k: none (meta_lr), sqrt (meta_lr*sqrt(k)) or linear (meta_lr*k), at most 16x; "
         "k = 1 (N = 1) is unchanged")
+    batch_update: Literal[BATCH_UPDATES] = Field(  # type: ignore[valid-type]
+        "each", description="with --learn-batch N > 1, a task's one meta-update per batch takes one outer step "
+        "per new episode, oldest first, as N = 1 would (each: with batch_inner_steps inner steps), or one step "
+        "on all of them together (one: inner_steps, scaled by batch_step_scale); N = 1 is unchanged")
+    batch_inner_steps: int = Field(1, ge=1, le=100, description="with batch_update each and N > 1: inner steps "
+                                   "of each outer step (1 is cheap: one pass over the step's records)")
     sgd_lr: float = Field(0.1, gt=0, le=10, description="step size of the sgd baseline (algorithm sgd)")
     support_size: int = Field(20, ge=1, description="support records per episode at most")
     query_size: int = Field(5, ge=1, description="query records per episode")
@@ -287,7 +293,8 @@ class RunConfig(BaseModel):
             meta_lr=self.meta_lr, clip_grad_norm=self.clip_grad_norm, support_size=self.support_size,
             query_size=self.query_size, episode_stride=self.episode_stride,
             replay_per_update=self.replay_per_update, max_tasks=self.max_tasks,
-            batch_step_scale=self.batch_step_scale,
+            batch_step_scale=self.batch_step_scale, batch_update=self.batch_update,
+            batch_inner_steps=self.batch_inner_steps,
         )
 
     @property

@@ -28,6 +28,7 @@ BATCH_STEP_SCALES = ("none", "sqrt", "linear")
 # Bound on the batch step scale: a learn batch completing hundreds of episodes of one task
 # must not turn one Adam step into a jump that no clip on the gradient would catch.
 MAX_BATCH_STEP_SCALE = 16.0
+BATCH_UPDATES = ("each", "one")
 
 # Options only some algorithms take (their constructor arguments beyond the shared ones).
 ALGORITHM_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -133,9 +134,13 @@ class MetaStepConfig:
     each meta-update averages it with ``replay_per_update`` replayed episodes, clips
     the meta-gradient's norm to ``clip_grad_norm`` (``None``: no clipping) and takes
     an Adam step of ``meta_lr``. A learn batch that completed ``k`` episodes of a task
-    makes one meta-update on all of them, where one record at a time would make ``k``;
-    ``batch_step_scale`` multiplies that one step's size by :meth:`step_scale` (1 for
-    one episode, so ``--learn-batch 1`` learns the same whatever it is).
+    makes one meta-update. With ``batch_update="each"`` (the default) that meta-update
+    takes one outer step per new episode, oldest first, as one record at a time would,
+    each with its own replayed episodes and memory records but ``batch_inner_steps``
+    inner steps (1: a cheap step, so a large batch keeps one record at a time's number of
+    steps without its cost); with ``"one"`` it takes one step on all ``k`` episodes
+    together, its size multiplied by :meth:`step_scale` (``batch_step_scale``). A learn
+    batch of one record (``--learn-batch 1``) learns exactly as before either way.
 
     >>> [MetaStepConfig(batch_step_scale=s).step_scale(9) for s in BATCH_STEP_SCALES]
     [1.0, 3.0, 9.0]
@@ -149,8 +154,13 @@ class MetaStepConfig:
     replay_per_update: int = 3
     max_tasks: int = 1000
     batch_step_scale: str = "none"
+    batch_update: str = "each"
+    batch_inner_steps: int = 1
 
     def __post_init__(self) -> None:
+        _check(self.batch_update in BATCH_UPDATES,
+               f"unknown batch_update {self.batch_update!r}; choose one of {', '.join(BATCH_UPDATES)}")
+        _check(self.batch_inner_steps >= 1, f"batch_inner_steps must be >= 1, got {self.batch_inner_steps}")
         _check(self.batch_step_scale in BATCH_STEP_SCALES,
                f"unknown batch_step_scale {self.batch_step_scale!r}; choose one of {', '.join(BATCH_STEP_SCALES)}")
         _check(self.meta_lr > 0, f"meta_lr must be > 0, got {self.meta_lr}")

@@ -212,7 +212,7 @@ class OnlineMetaLearner:
             if episodes:
                 newest.setdefault(task, []).extend(episodes)
         for task, episodes in newest.items():
-            self._meta_update(episodes, report)
+            self._meta_update(episodes, report, batched=len(tasks) > 1)
             for episode in episodes:
                 self.replay.add(episode, self._rng)
         if self._adapts:
@@ -257,9 +257,37 @@ class OnlineMetaLearner:
                 window = torch.cat([window[0], mx[mine]]), torch.cat([window[1], my[mine]])
             self.reg.on_boundary(self.model, self.params, window)
 
-    def _meta_update(self, episodes: list[Episode], report: LearnReport) -> None:
-        """One meta-update on a task's new ``episodes`` (every one its learn batch completed;
-        the newest's query set gets the replayed memory records) and replayed episodes."""
+    def _meta_update(self, episodes: list[Episode], report: LearnReport, batched: bool = False) -> None:
+        """The one meta-update of a task for its new ``episodes`` (every one its learn batch
+        completed). One record at a time, or ``batch_update="one"``: one outer step on all
+        of them. A batch of several records with ``"each"``: one cheap outer step per
+        episode, oldest first (``batch_inner_steps`` inner steps), as one record at a time
+        would take them, so a large batch does not take fewer steps."""
+        if batched and self.meta_cfg.batch_update == "each":
+            steps = [([e], self.meta_cfg.batch_inner_steps, 1.0) for e in episodes]
+        else:
+            steps = [(episodes, self.inner_cfg.steps, self.meta_cfg.step_scale(len(episodes)))]
+        last: Episode | None = None
+        for group, inner_steps, scale in steps:
+            stats, episode = self._outer_step(group, inner_steps, scale)
+            report.stats = stats
+            if stats["nonfinite"]:  # the algorithm checked losses and gradients; nothing was updated
+                self.nonfinite_skips += 1
+                report.nonfinite_skips += 1
+                continue
+            last = episode
+            report.query_loss_before = stats.get("query_loss_before")
+            report.query_loss_after = stats["query_loss"]
+        if last is None:
+            return
+        self._fast.clear()  # every cached adaptation started from the old meta-parameters
+        self.meta_updates += 1
+        report.meta_updates += 1
+        self._measure_health(self._as_targets(last))
+
+    def _outer_step(self, episodes: list[Episode], steps: int, step_scale: float) -> tuple[dict, Episode]:
+        """One step of the meta-parameters on ``episodes`` (the newest's query set gets the
+        replayed memory records) and replayed episodes; the stats and that newest episode."""
         *older, episode = episodes
         if self.replay_cfg.memory_query > 0 and len(self.memory):
             mx, my = self.memory.sample(self.replay_cfg.memory_query, self._rng)
@@ -274,25 +302,14 @@ class OnlineMetaLearner:
             return self.reg.add_penalty_grad(self.params, grads)
 
         before = {k: v.detach().clone() for k, v in self.params.items()} if self.reg is not None else None
-        # One step stands for the len(episodes) steps one record at a time would take.
         stats = meta_step(self.alg, self.model, self.params, self.extra, batch, self.optimizer,
-                          steps=self.inner_cfg.steps, lr=self.inner_cfg.lr,
+                          steps=steps, lr=self.inner_cfg.lr,
                           adjust=penalise if self.reg is not None else None,
-                          step_scale=self.meta_cfg.step_scale(len(episodes)) * self._group_scale)
-        report.stats = stats
+                          step_scale=step_scale * self._group_scale)
         self._learner_metrics.update(stats.get("learner_stats", {}))
-        if stats["nonfinite"]:  # the algorithm checked losses and gradients; nothing was updated
-            self.nonfinite_skips += 1
-            report.nonfinite_skips += 1
-            return
-        if self.reg is not None:
+        if not stats["nonfinite"] and self.reg is not None:
             self.reg.after_step(before, self.params, loss_grads)
-        self._fast.clear()  # every cached adaptation started from the old meta-parameters
-        self.meta_updates += 1
-        report.meta_updates += 1
-        report.query_loss_before = stats.get("query_loss_before")
-        report.query_loss_after = stats["query_loss"]
-        self._measure_health(self._as_targets(episode))
+        return stats, episode
 
     def _measure_health(self, episode: Episode) -> None:
         """The algorithm's own health metrics on the new episode's support set, every

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from stream_meta.meta.fast import adapt_declines, declines, fast_adapt, fast_group
+from stream_meta.meta.fast import adapt_declines, declines, fast_adapt, fast_group, one_step_applies, one_step_reptile
 from stream_meta.meta.reference import adapt as reference_adapt
 from stream_meta.meta.reference import reference_group
 from stream_meta.meta.spec import Episode, GroupResult, InnerLoop, TaskBatch
@@ -99,15 +99,22 @@ def meta_gradient_mean(
     if not episodes:
         raise ValueError("a meta-batch needs at least one episode")
     engine, _ = choose_engine(backend, model, spec, all(e.support_x.dim() == 2 for e in episodes))
-    groups = group_by_shape(episodes)
-    if len(groups) == 1:
+    flat = engine == "fast" and one_step_applies(model, spec) and _paddable(episodes)
+    groups = [] if flat else group_by_shape(episodes)
+    if flat:
+        batches = []  # one flat pass over every episode's rows, no task dimension
+        r = one_step_reptile(model, theta, spec, episodes)
+        results = [GroupResult(r.grads, {k: torch.zeros_like(v) for k, v in extra.items()}, r.query_loss,
+                               r.query_loss_before)]
+    elif len(groups) == 1:
         batches = [TaskBatch.stack(episodes, spec.order)]
     elif _paddable(episodes):  # the daemon's new episode carries replayed records, its companions do not
         batches = [TaskBatch.pad(episodes, spec.order)]
     else:
         batches = [TaskBatch.stack(g, spec.order) for g in groups]
-    group = fast_group if engine == "fast" else reference_group
-    results = [group(model, theta, extra, spec, b) for b in batches]
+    if batches:
+        group = fast_group if engine == "fast" else reference_group
+        results = [group(model, theta, extra, spec, b) for b in batches]
     total = results[0]
     for r in results[1:]:
         total = total + r

@@ -20,6 +20,7 @@ bookkeeping: at the daemon's sizes that bookkeeping is most of the time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import lru_cache
 
@@ -29,7 +30,7 @@ from torch import nn
 
 from stream_meta.meta.losses import reduce_rows
 from stream_meta.meta.mlp import MLPLayer, mlp_layers
-from stream_meta.meta.spec import GroupResult, InnerLoop, TaskBatch
+from stream_meta.meta.spec import Episode, GroupResult, InnerLoop, TaskBatch
 from stream_meta.model import Params
 
 
@@ -343,3 +344,67 @@ def fast_group(model: nn.Module, theta: Params, extra: Params, spec: InnerLoop, 
         gs = torch.autograd.grad(q, [theta[k] for k in names], allow_unused=True)
     grads = {k: torch.zeros_like(theta[k]) if g is None else g for k, g in zip(names, gs)}
     return GroupResult(grads, no_extra, q.detach(), before)
+
+
+def one_step_applies(model: nn.Module, spec: InnerLoop) -> bool:
+    """Whether :func:`one_step_reptile` computes ``spec``: Reptile, one inner step, every
+    linear-layer parameter adapted, gradients written out (a ReLU MLP, closed-form loss)."""
+    return (spec.order == "reptile" and spec.steps == 1 and _by_hand(model, spec) and spec.rule.linear
+            and not spec.loss.learned and not spec.inner.learned and set(spec.adapted) == _linear_names(model))
+
+
+@torch.no_grad()
+def one_step_reptile(model: nn.Module, theta: Params, spec: InnerLoop, episodes: Sequence[Episode]) -> GroupResult:
+    """Sums over ``episodes`` of Reptile's ``theta - phi`` after ONE inner step, and of the
+    query losses before and after it, without a task dimension or padding.
+
+    One step from ``theta`` moves a linear layer by ``update(D)^T A`` on its task's rows
+    (``D``: pre-activation gradients, ``A``: inputs, both at ``theta``), so the summed
+    "gradient" is one backward pass over every episode's rows, each weighted by 1 / its
+    episode's rows; the query rows at each task's ``phi`` add ``(H A^T * same task) U``.
+    This is the cheap outer step of a large learn batch (``batch_inner_steps`` 1); the
+    tests check it against the reference engine.
+    """
+    layers = mlp_layers(model)
+    assert layers is not None
+    dtype = episodes[0].support_x.dtype
+    s = torch.tensor([e.support_x.shape[0] for e in episodes])
+    q = torch.tensor([e.query_x.shape[0] for e in episodes])
+    x = torch.cat([t for e in episodes for t in (e.support_x, e.query_x)])
+    y = torch.cat([t for e in episodes for t in (e.support_y, e.query_y)])
+    n = s + q
+    task = torch.repeat_interleave(torch.arange(len(episodes)), n)
+    w = (1.0 / n.to(dtype))[task]
+    first = torch.cumsum(n, 0) - n  # each episode's first row
+    q_rows = torch.nonzero(torch.arange(x.shape[0]) - first[task] >= s[task]).squeeze(1)  # its last q rows
+    q_w = (1.0 / q.to(dtype))[task[q_rows]]
+    ins = [x]
+    for layer in layers[:-1]:
+        ins.append(layer.act(_lin(theta, layer, ins[-1])))
+    out = _lin(theta, layers[-1], ins[-1])
+    before = (spec.loss.rows(out[q_rows], y[q_rows], {}) * q_w).sum()
+    d = spec.inner.output_grad(out, y, w)
+    ups: list[torch.Tensor] = [d] * len(layers)
+    for i in range(len(layers) - 1, -1, -1):
+        ups[i] = spec.rule.update(d, spec.lr)
+        if i > 0:
+            d = (d @ theta[layers[i].weight]) * (ins[i] > 0)
+    grads: Params = {}
+    for i, layer in enumerate(layers):
+        grads[layer.weight] = -(ups[i].t() @ ins[i])
+        if layer.bias is not None:
+            grads[layer.bias] = -ups[i].sum(0)
+    # The query rows at their own task's fast weights: phi = theta + U^T A on that task's rows.
+    same = (task[q_rows].unsqueeze(1) == task.unsqueeze(0)).to(x.dtype)
+    h = x[q_rows]
+    for i, layer in enumerate(layers):
+        z = _lin(theta, layer, h) + ((h @ ins[i].t()) * same) @ ups[i]
+        if layer.bias is not None:
+            z = z + same @ ups[i]
+        h = layer.act(z)
+    after = (spec.loss.rows(h, y[q_rows], {}) * q_w).sum()
+    return GroupResult({k: grads[k] for k in theta}, {}, after, before)
+
+
+def _lin(theta: Params, layer: MLPLayer, h: torch.Tensor) -> torch.Tensor:
+    return F.linear(h, theta[layer.weight], None if layer.bias is None else theta[layer.bias])

@@ -140,3 +140,13 @@ def test_batch_step_scale_reaches_the_meta_step_group(source, tmp_path):
     assert cfg.meta_cfg.batch_step_scale == "sqrt"
     assert build_learner(cfg).meta_cfg.step_scale(4) == 2.0
     assert RunConfig(**SMALL).meta_cfg.batch_step_scale == "none"  # the default learns as before
+
+
+@pytest.mark.parametrize("source", ["flag", "env", "file"])
+def test_batch_update_and_its_inner_steps_reach_the_meta_step_group(source, tmp_path):
+    cfg = _via(source, "batch_update", "reptile", "one", "one", tmp_path)
+    assert cfg.meta_cfg.batch_update == build_learner(cfg).meta_cfg.batch_update == "one"
+    cfg = _via(source, "batch_inner_steps", "reptile", "3", 3, tmp_path)
+    assert cfg.meta_cfg.batch_inner_steps == build_learner(cfg).meta_cfg.batch_inner_steps == 3
+    default = RunConfig(**SMALL).meta_cfg
+    assert (default.batch_update, default.batch_inner_steps) == ("each", 1)

@@ -53,11 +53,11 @@ def test_one_record_at_a_time_learns_the_same_whatever_the_scale(algorithm):
 
 def test_a_batch_of_k_episodes_takes_one_step_scaled_by_k_and_restores_meta_lr():
     tasks, x, y = _rows(15)  # one task; 15 records complete several episodes at once
-    start = _learner("none")
+    start = _learner("none", batch_update="one")  # the scale applies to batch_update "one" only
     before = {k: v.detach().clone() for k, v in start.params.items()}
     deltas, k = {}, 0
     for scale in BATCH_STEP_SCALES:
-        learner = _learner(scale)
+        learner = _learner(scale, batch_update="one")
         learner.learn_batch(tasks, x, y)
         assert learner.meta_updates == 1
         k = len(learner.replay)  # every completed episode was offered to a reservoir with room for all

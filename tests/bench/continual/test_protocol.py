@@ -79,10 +79,11 @@ def test_bench_cl_runs_each_batch_step_scale_above_one_record_and_counts_meta_up
     out = tmp_path / "cl.json"
     rc = main(["bench", "cl", "--protocol", "split", "--source", "digits", "--tasks", "2", "--per-task", "40",
                "--test-per-task", "10", "--learners", "fomaml", "--baselines", "none", "--learn-batch", "1,16",
-               "--batch-step-scale", "none,linear", "--json", str(out)])
+               "--batch-update", "each,one", "--batch-step-scale", "none,linear", "--json", str(out)])
     assert rc == 0
     rows = json.loads(out.read_text())["rows"]
-    # N = 1 learns the same whatever the scale: it runs once.
-    assert [r["method"] for r in rows] == ["fomaml@b1", "fomaml@b16/none", "fomaml@b16/linear"]
+    # N = 1 learns the same whatever the batch settings: it runs once; the scale applies to "one".
+    assert [r["method"] for r in rows] == ["fomaml@b1", "fomaml@b16/each", "fomaml@b16/one/none",
+                                           "fomaml@b16/one/linear"]
     assert all(r["error"] is None for r in rows)
-    assert rows[0]["meta_updates"] > rows[1]["meta_updates"] == rows[2]["meta_updates"] > 0
+    assert rows[0]["meta_updates"] > rows[1]["meta_updates"] == rows[2]["meta_updates"] == rows[3]["meta_updates"] > 0
