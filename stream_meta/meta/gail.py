@@ -149,7 +149,7 @@ class GAILMeta(GradientMetaAlgorithm):
     init_scale: ClassVar[float] = 0.1  # the prototype classifier's initial scale s
 
     def __init__(self, *, adversarial_weight: float = 0.1, generator_hidden: int = 32, expert_steps: int | None = None,
-                 **kwargs: Any) -> None:
+                 prefix_shots: int = 4, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.loss != "ce" or self.rule is not None or self.inner_loss is not None:
             raise ValueError("gail-meta generates a classifier head: loss must be 'ce', with no rule or inner_loss")
@@ -159,9 +159,12 @@ class GAILMeta(GradientMetaAlgorithm):
             raise ValueError(f"generator_hidden must be >= 1, got {generator_hidden}")
         if expert_steps is not None and expert_steps < 0:
             raise ValueError(f"expert_steps must be >= 0, got {expert_steps}")
+        if prefix_shots < 0:
+            raise ValueError(f"prefix_shots must be >= 0, got {prefix_shots}")
         self.adversarial_weight = adversarial_weight
         self.generator_hidden = generator_hidden
         self.expert_steps = expert_steps
+        self.prefix_shots = prefix_shots
 
     def init_extra(self, params: Params) -> Params:
         """Generator and discriminator parameters (seeded: the same every time)."""
@@ -236,8 +239,10 @@ class GAILMeta(GradientMetaAlgorithm):
         wn, bn = head_names(model)
         gen = self.generated(model, params, extra, episode.support_x, episode.support_y, steps=steps, lr=lr,
                              create_graph=True)
-        logits = body(model, gen, episode.query_x) @ gen[wn].t() + gen[bn]
+        q_feats = body(model, gen, episode.query_x)
+        logits = q_feats @ gen[wn].t() + gen[bn]
         query = F.cross_entropy(logits, episode.query_y)
+        prefix = self.prefix_loss(model, params, extra, episode, q_feats, steps=steps, lr=lr)
         with torch.enable_grad():
             spec = InnerLoop(steps if self.expert_steps is None else self.expert_steps, lr, tuple(params), "first")
             expert = reference_adapt(model, params, {}, spec, episode.support_x, episode.support_y)
@@ -252,8 +257,32 @@ class GAILMeta(GradientMetaAlgorithm):
         adv = F.softplus(-d_fake)
         with torch.no_grad():
             before = F.cross_entropy(body(model, params, episode.query_x) @ params[wn].t() + params[bn], episode.query_y)
-        return {"generator": query + self.adversarial_weight * adv, "adversarial": adv, "discriminator": disc_loss,
+        return {"generator": query + prefix + self.adversarial_weight * adv, "adversarial": adv, "prefix": prefix,
+                "discriminator": disc_loss,
                 "expert": e_query, "expert_params": expert, "query_loss": query, "query_loss_before": before}  # type: ignore[dict-item]
+
+    def prefix_loss(self, model: nn.Module, params: Params, extra: Params, episode: Episode, q_feats: torch.Tensor, *,
+                    steps: int, lr: float) -> torch.Tensor:
+        """Mean over ``m = 1 .. min(prefix_shots, |support| - 1)`` of the query loss of the head
+        generated (and refined) from the support's first ``m`` rows, scored on the rest of the
+        episode. The stream's episodes have supports of 1, 6, 11, ... records, but a task's
+        records 2-5 are predicted from heads of 1-4 records with classes still unseen: this is
+        that distribution, so the generator and body learn few-shot recognition and "not
+        seen yet" from it (differentiable in ``params`` and the generator)."""
+        n = min(self.prefix_shots, len(episode.support_y) - 1)
+        if n < 1:
+            return q_feats.sum() * 0
+        feats = body(model, params, episode.support_x)
+        classes = params[head_names(model)[0]].shape[0]
+        total = q_feats.sum() * 0
+        for m in range(1, n + 1):
+            w, b = generate_head(extra, feats[:m], episode.support_y[:m], classes)
+            if steps and not w.requires_grad:  # nothing to differentiate through (a finite-difference probe)
+                w, b = w.detach().requires_grad_(), b.detach().requires_grad_()
+            w, b = refine_head(w, b, feats[:m], episode.support_y[:m], steps, lr, create_graph=True)
+            rest = torch.cat([feats[m:], q_feats])
+            total = total + F.cross_entropy(rest @ w.t() + b, torch.cat([episode.support_y[m:], episode.query_y]))
+        return total / n
 
     def meta_gradient(self, model: nn.Module, params: Params, extra: Params, episodes: Sequence[Episode], *,
                       steps: int, lr: float) -> tuple[Params, Params, dict[str, Any]]:

@@ -174,3 +174,35 @@ def test_resumed_deterministic_file_run_equals_an_uninterrupted_one(tmp_path):
     fresh = build_service(_cfg(tmp_path / "c", src, max_records=1, **kw), CollectorRegistry())
     fresh.run()
     assert describe_checkpoint(tmp_path / "c" / "ckpt")["extra_sha256"] != a["extra_sha256"]
+
+
+def test_prefix_term_is_the_query_loss_of_heads_from_the_first_support_rows(relu_mlp):
+    # The reference: for m = 1..N, the head generated (and refined) from the support's first
+    # m rows, scored on the rest of the episode; their mean is added to the generator's loss.
+    import torch.nn.functional as F
+
+    from stream_meta.meta.gail import generate_head, refine_head
+
+    theta = float64_params(relu_mlp)
+    alg = get_algorithm("gail-meta", prefix_shots=3)
+    extra = perturbed(alg.init_extra(theta))
+    ep = random_episodes(1, in_dim=5, classes=3, support=6, query=4)[0]
+    o = alg.objectives(relu_mlp, theta, extra, ep, steps=STEPS, lr=LR)
+    feats, q = body(relu_mlp, theta, ep.support_x), body(relu_mlp, theta, ep.query_x)
+    losses = []
+    for m in (1, 2, 3):
+        w, b = generate_head(extra, feats[:m], ep.support_y[:m], 3)
+        w, b = refine_head(w.requires_grad_(), b.requires_grad_(), feats[:m], ep.support_y[:m], STEPS, LR, False)
+        rest_y = torch.cat([ep.support_y[m:], ep.query_y])
+        losses.append(F.cross_entropy(torch.cat([feats[m:], q]) @ w.t() + b, rest_y))
+    torch.testing.assert_close(o["prefix"], sum(losses) / 3)
+    assert float(o["prefix"].detach()) > 0
+    torch.testing.assert_close(o["generator"], o["query_loss"] + o["prefix"] + alg.adversarial_weight * o["adversarial"])
+    off = get_algorithm("gail-meta", prefix_shots=0).objectives(relu_mlp, theta, extra, ep, steps=STEPS, lr=LR)
+    assert float(off["prefix"]) == 0.0
+    torch.testing.assert_close(off["generator"], off["query_loss"] + alg.adversarial_weight * off["adversarial"])
+    # a one-row support has no prefix to learn from: the term is zero, not an error
+    one = random_episodes(1, in_dim=5, classes=3, support=1, query=4)[0]
+    assert float(alg.objectives(relu_mlp, theta, extra, one, steps=STEPS, lr=LR)["prefix"]) == 0.0
+    with pytest.raises(ValueError, match="prefix_shots must be >= 0"):
+        get_algorithm("gail-meta", prefix_shots=-1)
