@@ -57,6 +57,11 @@ GEN = "gail.gen."
 DISC = "gail.disc."
 N_FEATURES = 6  # query statistics the discriminator sees
 LOG_SCALE_BOUNDS = (-8.0, 3.0)
+# The generator's scalars (log-scale, shrink, tau) are stored divided by this: Adam moves a
+# parameter by about meta_lr per step whatever its scale, and these must travel O(1) (the
+# temperature, the "not seen yet" bias) within the first few hundred meta-updates, where
+# weights of O(0.1) need only O(0.01) steps.
+SCALAR_RATE = 10.0
 
 
 def _layers(model: nn.Module):
@@ -90,15 +95,15 @@ def generate_head(gen: Params, feats: torch.Tensor, y: torch.Tensor, classes: in
     protos = (onehot.t() @ feats) / counts.clamp_min(1).unsqueeze(1)  # [C, H]
     seen = (counts > 0).to(feats.dtype).unsqueeze(1)
     mean = feats.mean(0)
-    s = gen[GEN + "log_scale"].clamp(*LOG_SCALE_BOUNDS).exp()
-    g = gen[GEN + "shrink"].clamp(0.0, 1.0)
+    s = (SCALAR_RATE * gen[GEN + "log_scale"]).clamp(*LOG_SCALE_BOUNDS).exp()
+    g = (SCALAR_RATE * gen[GEN + "shrink"]).clamp(0.0, 1.0)
     share = (counts / counts.sum()).unsqueeze(1)
     hidden = torch.relu(torch.cat([protos, share], 1) @ gen[GEN + "in.weight"].t() + gen[GEN + "in.bias"])
     res = hidden @ gen[GEN + "out.weight"].t() + gen[GEN + "out.bias"]  # [C, H + 1]
     w_seen = 2 * s * protos + res[:, :-1]
     b_seen = -s * protos.pow(2).sum(1) + res[:, -1]
     w_none = (2 * s * g * mean).expand_as(w_seen)
-    b_none = (-s * g * g * mean.pow(2).sum() + gen[GEN + "tau"]).expand_as(b_seen)
+    b_none = (-s * g * g * mean.pow(2).sum() + SCALAR_RATE * gen[GEN + "tau"]).expand_as(b_seen)
     return seen * w_seen + (1 - seen) * w_none, seen[:, 0] * b_seen + (1 - seen[:, 0]) * b_none
 
 
@@ -183,16 +188,16 @@ class GAILMeta(GradientMetaAlgorithm):
             GEN + "in.weight": uniform((gh, h + 1), h + 1), GEN + "in.bias": zeros(gh),
             # zero output layer: the generator starts as the plain prototype classifier
             GEN + "out.weight": zeros(h + 1, gh), GEN + "out.bias": zeros(h + 1),
-            GEN + "log_scale": torch.tensor(math.log(self.init_scale), dtype=dtype),
-            GEN + "shrink": torch.tensor(0.5, dtype=dtype), GEN + "tau": zeros(),
+            GEN + "log_scale": torch.tensor(math.log(self.init_scale) / SCALAR_RATE, dtype=dtype),
+            GEN + "shrink": torch.tensor(0.5 / SCALAR_RATE, dtype=dtype), GEN + "tau": zeros(),
             DISC + "in.weight": uniform((dh, N_FEATURES), N_FEATURES), DISC + "in.bias": zeros(dh),
             DISC + "out.weight": uniform((1, dh), dh), DISC + "out.bias": zeros(1),
         }
 
     def project_extra(self, extra: Params) -> None:
         with torch.no_grad():
-            extra[GEN + "log_scale"].clamp_(*LOG_SCALE_BOUNDS)
-            extra[GEN + "shrink"].clamp_(0.0, 1.0)
+            extra[GEN + "log_scale"].clamp_(LOG_SCALE_BOUNDS[0] / SCALAR_RATE, LOG_SCALE_BOUNDS[1] / SCALAR_RATE)
+            extra[GEN + "shrink"].clamp_(0.0, 1.0 / SCALAR_RATE)
 
     def adapted_names(self, model: nn.Module, params: Params) -> tuple[str, ...]:
         return head_names(model)

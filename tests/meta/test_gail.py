@@ -13,7 +13,7 @@ from tests.meta.helpers import float64_params, random_episodes
 from stream_meta.learn.config import InnerLoopConfig, MetaStepConfig, ModelConfig
 from stream_meta.learn.learner import OnlineMetaLearner
 from stream_meta.meta import get_algorithm, meta_step
-from stream_meta.meta.gail import DISC, GEN, body, head_names
+from stream_meta.meta.gail import DISC, GEN, SCALAR_RATE, body, head_names
 
 STEPS, LR = 2, 0.3
 
@@ -42,7 +42,8 @@ def test_generated_head_is_the_last_layer_with_its_shapes(relu_mlp):
     # At initialisation (zero residual) the head is the prototype classifier:
     # w_c = 2 s p_c, b_c = -s |p_c|^2 for each class present in the support set.
     feats = body(relu_mlp, theta, ep.support_x)
-    s = float(extra[GEN + "log_scale"].exp())
+    s = float((SCALAR_RATE * extra[GEN + "log_scale"]).exp())
+    assert s == pytest.approx(alg.init_scale)
     for c in ep.support_y.unique().tolist():
         p = feats[ep.support_y == c].mean(0)
         torch.testing.assert_close(fast["4.weight"][c], 2 * s * p)
