@@ -19,7 +19,9 @@ so the expert keeps improving. The discriminator ``D`` sees bounded statistics o
 query outputs under a head (mean/spread of the loss, mean/min margin, entropy, mean
 probability of the true class) and is trained with logistic loss to say 1 for the
 expert, 0 for the generated head; the generator minimises ``L_query(generated) +
-adversarial_weight * softplus(-D(generated))``.
+L_prefix + adversarial_weight * softplus(-D(generated))``, where ``L_prefix`` is the mean
+query loss of heads generated from the support's first 1..``prefix_shots`` records (the
+heads a task's records 2-5 are predicted with; the stream's episodes rarely have them).
 
 >>> import torch
 >>> from stream_meta.model import build_mlp, init_params
@@ -60,7 +62,8 @@ LOG_SCALE_BOUNDS = (-8.0, 3.0)
 # The generator's scalars (log-scale, shrink, tau) are stored divided by this: Adam moves a
 # parameter by about meta_lr per step whatever its scale, and these must travel O(1) (the
 # temperature, the "not seen yet" bias) within the first few hundred meta-updates, where
-# weights of O(0.1) need only O(0.01) steps.
+# weights of O(0.1) need only O(0.01) steps. Their keys say so (``_d10``): a checkpoint
+# written before, with the plain values, is refused by name rather than misread.
 SCALAR_RATE = 10.0
 
 
@@ -95,15 +98,15 @@ def generate_head(gen: Params, feats: torch.Tensor, y: torch.Tensor, classes: in
     protos = (onehot.t() @ feats) / counts.clamp_min(1).unsqueeze(1)  # [C, H]
     seen = (counts > 0).to(feats.dtype).unsqueeze(1)
     mean = feats.mean(0)
-    s = (SCALAR_RATE * gen[GEN + "log_scale"]).clamp(*LOG_SCALE_BOUNDS).exp()
-    g = (SCALAR_RATE * gen[GEN + "shrink"]).clamp(0.0, 1.0)
+    s = (SCALAR_RATE * gen[GEN + "log_scale_d10"]).clamp(*LOG_SCALE_BOUNDS).exp()
+    g = (SCALAR_RATE * gen[GEN + "shrink_d10"]).clamp(0.0, 1.0)
     share = (counts / counts.sum()).unsqueeze(1)
     hidden = torch.relu(torch.cat([protos, share], 1) @ gen[GEN + "in.weight"].t() + gen[GEN + "in.bias"])
     res = hidden @ gen[GEN + "out.weight"].t() + gen[GEN + "out.bias"]  # [C, H + 1]
     w_seen = 2 * s * protos + res[:, :-1]
     b_seen = -s * protos.pow(2).sum(1) + res[:, -1]
     w_none = (2 * s * g * mean).expand_as(w_seen)
-    b_none = (-s * g * g * mean.pow(2).sum() + SCALAR_RATE * gen[GEN + "tau"]).expand_as(b_seen)
+    b_none = (-s * g * g * mean.pow(2).sum() + SCALAR_RATE * gen[GEN + "tau_d10"]).expand_as(b_seen)
     return seen * w_seen + (1 - seen) * w_none, seen[:, 0] * b_seen + (1 - seen[:, 0]) * b_none
 
 
@@ -188,16 +191,16 @@ class GAILMeta(GradientMetaAlgorithm):
             GEN + "in.weight": uniform((gh, h + 1), h + 1), GEN + "in.bias": zeros(gh),
             # zero output layer: the generator starts as the plain prototype classifier
             GEN + "out.weight": zeros(h + 1, gh), GEN + "out.bias": zeros(h + 1),
-            GEN + "log_scale": torch.tensor(math.log(self.init_scale) / SCALAR_RATE, dtype=dtype),
-            GEN + "shrink": torch.tensor(0.5 / SCALAR_RATE, dtype=dtype), GEN + "tau": zeros(),
+            GEN + "log_scale_d10": torch.tensor(math.log(self.init_scale) / SCALAR_RATE, dtype=dtype),
+            GEN + "shrink_d10": torch.tensor(0.5 / SCALAR_RATE, dtype=dtype), GEN + "tau_d10": zeros(),
             DISC + "in.weight": uniform((dh, N_FEATURES), N_FEATURES), DISC + "in.bias": zeros(dh),
             DISC + "out.weight": uniform((1, dh), dh), DISC + "out.bias": zeros(1),
         }
 
     def project_extra(self, extra: Params) -> None:
         with torch.no_grad():
-            extra[GEN + "log_scale"].clamp_(LOG_SCALE_BOUNDS[0] / SCALAR_RATE, LOG_SCALE_BOUNDS[1] / SCALAR_RATE)
-            extra[GEN + "shrink"].clamp_(0.0, 1.0 / SCALAR_RATE)
+            extra[GEN + "log_scale_d10"].clamp_(LOG_SCALE_BOUNDS[0] / SCALAR_RATE, LOG_SCALE_BOUNDS[1] / SCALAR_RATE)
+            extra[GEN + "shrink_d10"].clamp_(0.0, 1.0 / SCALAR_RATE)
 
     def adapted_names(self, model: nn.Module, params: Params) -> tuple[str, ...]:
         return head_names(model)
@@ -209,7 +212,8 @@ class GAILMeta(GradientMetaAlgorithm):
 
     @staticmethod
     def init_extra_keys() -> tuple[str, ...]:
-        return tuple(GEN + k for k in ("in.weight", "in.bias", "out.weight", "out.bias", "log_scale", "shrink", "tau")) \
+        return tuple(GEN + k for k in ("in.weight", "in.bias", "out.weight", "out.bias",
+                                       "log_scale_d10", "shrink_d10", "tau_d10")) \
             + tuple(DISC + k for k in ("in.weight", "in.bias", "out.weight", "out.bias"))
 
     def generated(self, model: nn.Module, params: Params, extra: Params, x: torch.Tensor, y: torch.Tensor, *,

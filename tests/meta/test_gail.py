@@ -42,7 +42,7 @@ def test_generated_head_is_the_last_layer_with_its_shapes(relu_mlp):
     # At initialisation (zero residual) the head is the prototype classifier:
     # w_c = 2 s p_c, b_c = -s |p_c|^2 for each class present in the support set.
     feats = body(relu_mlp, theta, ep.support_x)
-    s = float((SCALAR_RATE * extra[GEN + "log_scale"]).exp())
+    s = float((SCALAR_RATE * extra[GEN + "log_scale_d10"]).exp())
     assert s == pytest.approx(alg.init_scale)
     for c in ep.support_y.unique().tolist():
         p = feats[ep.support_y == c].mean(0)
@@ -76,7 +76,7 @@ def test_generator_and_discriminator_gradients_equal_finite_differences(relu_mlp
     h = 1e-6
     checked = 0
     for key, which in ((GEN + "in.weight", "generator"), (GEN + "out.weight", "generator"),
-                       (GEN + "log_scale", "generator"), (GEN + "tau", "generator"),
+                       (GEN + "log_scale_d10", "generator"), (GEN + "tau_d10", "generator"),
                        (DISC + "in.weight", "discriminator"), (DISC + "out.bias", "discriminator")):
         flat = extra[key].reshape(-1)
         for i in range(0, flat.numel(), max(1, flat.numel() // 4)):
@@ -207,3 +207,15 @@ def test_prefix_term_is_the_query_loss_of_heads_from_the_first_support_rows(relu
     assert float(alg.objectives(relu_mlp, theta, extra, one, steps=STEPS, lr=LR)["prefix"]) == 0.0
     with pytest.raises(ValueError, match="prefix_shots must be >= 0"):
         get_algorithm("gail-meta", prefix_shots=-1)
+
+
+def test_state_written_with_the_unscaled_scalar_keys_is_refused_not_misread():
+    # Before the scalars were stored divided by SCALAR_RATE they were keyed without "_d10":
+    # such a state must fail by name (the daemon turns this into its checkpoint-mismatch error).
+    m = OnlineMetaLearner(ModelConfig(4, 3, (8,)), inner_cfg=InnerLoopConfig(algorithm="gail-meta", steps=1))
+    state = m.state_dict()
+    state["extra"] = {k.replace("_d10", ""): v for k, v in state["extra"].items()}
+    assert GEN + "tau" in state["extra"]
+    with pytest.raises(KeyError, match="gail.gen.log_scale"):
+        OnlineMetaLearner(ModelConfig(4, 3, (8,)), inner_cfg=InnerLoopConfig(algorithm="gail-meta", steps=1)
+                          ).load_state_dict(state)
