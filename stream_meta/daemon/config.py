@@ -149,6 +149,8 @@ class RunConfig(BaseModel):
                                          "head generator; None = 32")
     expert_steps: int | None = Field(None, ge=0, le=50, description="gail-meta only: inner steps of the "
                                      "gradient-adapted expert the discriminator compares with; None = inner_steps")
+    prefix_shots: int | None = Field(None, ge=0, le=50, description="gail-meta only: the generator also learns from "
+                                     "heads of each episode's first 1..N support records (0 = off); None = 4")
     backend: Literal[BACKENDS] = Field("auto", description="meta-gradient engine, one of auto (the fastest "  # type: ignore[valid-type]
                                        "that applies, else the torch.func reference), reference, fast")
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the meta-gradient's global norm to this "
@@ -282,7 +284,7 @@ class RunConfig(BaseModel):
             algorithm=self.algorithm, steps=self.inner_steps, lr=self.inner_lr, loss=self.loss,
             first_order=self.first_order, head=self.head, max_scale=self.max_scale,
             adversarial_weight=self.adversarial_weight, generator_hidden=self.generator_hidden,
-            expert_steps=self.expert_steps,
+            expert_steps=self.expert_steps, prefix_shots=self.prefix_shots,
             net_hidden=self.net_hidden, net_bound=self.net_bound, net_modulate=self.net_modulate,
             max_inner_lr=self.max_inner_lr, backend=self.backend,
         )

@@ -38,6 +38,7 @@ ALGORITHM_OPTIONS: dict[str, tuple[str, ...]] = {
     "adversarial_weight": ("gail-meta",),
     "generator_hidden": ("gail-meta",),
     "expert_steps": ("gail-meta",),
+    "prefix_shots": ("gail-meta",),
     "net_hidden": ("lmml", "neural-optimizer"),
     "net_bound": ("lmml", "neural-optimizer"),
     "net_modulate": ("lmml",),
@@ -92,6 +93,7 @@ class InnerLoopConfig:
     adversarial_weight: float | None = None  # gail-meta: weight of the adversarial term (None = 0.1)
     generator_hidden: int | None = None  # gail-meta: generator hidden units (None = 32)
     expert_steps: int | None = None  # gail-meta: inner steps of the gradient-adapted expert (None = steps)
+    prefix_shots: int | None = None  # gail-meta: heads from the first 1..N support records also trained (None = 4)
 
     def __post_init__(self) -> None:
         if self.head is not None:

@@ -19,7 +19,9 @@ so the expert keeps improving. The discriminator ``D`` sees bounded statistics o
 query outputs under a head (mean/spread of the loss, mean/min margin, entropy, mean
 probability of the true class) and is trained with logistic loss to say 1 for the
 expert, 0 for the generated head; the generator minimises ``L_query(generated) +
-adversarial_weight * softplus(-D(generated))``.
+L_prefix + adversarial_weight * softplus(-D(generated))``, where ``L_prefix`` is the mean
+query loss of heads generated from the support's first 1..``prefix_shots`` records (the
+heads a task's records 2-5 are predicted with; the stream's episodes rarely have them).
 
 >>> import torch
 >>> from stream_meta.model import build_mlp, init_params
@@ -57,6 +59,12 @@ GEN = "gail.gen."
 DISC = "gail.disc."
 N_FEATURES = 6  # query statistics the discriminator sees
 LOG_SCALE_BOUNDS = (-8.0, 3.0)
+# The generator's scalars (log-scale, shrink, tau) are stored divided by this: Adam moves a
+# parameter by about meta_lr per step whatever its scale, and these must travel O(1) (the
+# temperature, the "not seen yet" bias) within the first few hundred meta-updates, where
+# weights of O(0.1) need only O(0.01) steps. Their keys say so (``_d10``): a checkpoint
+# written before, with the plain values, is refused by name rather than misread.
+SCALAR_RATE = 10.0
 
 
 def _layers(model: nn.Module):
@@ -90,15 +98,15 @@ def generate_head(gen: Params, feats: torch.Tensor, y: torch.Tensor, classes: in
     protos = (onehot.t() @ feats) / counts.clamp_min(1).unsqueeze(1)  # [C, H]
     seen = (counts > 0).to(feats.dtype).unsqueeze(1)
     mean = feats.mean(0)
-    s = gen[GEN + "log_scale"].clamp(*LOG_SCALE_BOUNDS).exp()
-    g = gen[GEN + "shrink"].clamp(0.0, 1.0)
+    s = (SCALAR_RATE * gen[GEN + "log_scale_d10"]).clamp(*LOG_SCALE_BOUNDS).exp()
+    g = (SCALAR_RATE * gen[GEN + "shrink_d10"]).clamp(0.0, 1.0)
     share = (counts / counts.sum()).unsqueeze(1)
     hidden = torch.relu(torch.cat([protos, share], 1) @ gen[GEN + "in.weight"].t() + gen[GEN + "in.bias"])
     res = hidden @ gen[GEN + "out.weight"].t() + gen[GEN + "out.bias"]  # [C, H + 1]
     w_seen = 2 * s * protos + res[:, :-1]
     b_seen = -s * protos.pow(2).sum(1) + res[:, -1]
     w_none = (2 * s * g * mean).expand_as(w_seen)
-    b_none = (-s * g * g * mean.pow(2).sum() + gen[GEN + "tau"]).expand_as(b_seen)
+    b_none = (-s * g * g * mean.pow(2).sum() + SCALAR_RATE * gen[GEN + "tau_d10"]).expand_as(b_seen)
     return seen * w_seen + (1 - seen) * w_none, seen[:, 0] * b_seen + (1 - seen[:, 0]) * b_none
 
 
@@ -149,7 +157,7 @@ class GAILMeta(GradientMetaAlgorithm):
     init_scale: ClassVar[float] = 0.1  # the prototype classifier's initial scale s
 
     def __init__(self, *, adversarial_weight: float = 0.1, generator_hidden: int = 32, expert_steps: int | None = None,
-                 **kwargs: Any) -> None:
+                 prefix_shots: int = 4, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.loss != "ce" or self.rule is not None or self.inner_loss is not None:
             raise ValueError("gail-meta generates a classifier head: loss must be 'ce', with no rule or inner_loss")
@@ -159,9 +167,12 @@ class GAILMeta(GradientMetaAlgorithm):
             raise ValueError(f"generator_hidden must be >= 1, got {generator_hidden}")
         if expert_steps is not None and expert_steps < 0:
             raise ValueError(f"expert_steps must be >= 0, got {expert_steps}")
+        if prefix_shots < 0:
+            raise ValueError(f"prefix_shots must be >= 0, got {prefix_shots}")
         self.adversarial_weight = adversarial_weight
         self.generator_hidden = generator_hidden
         self.expert_steps = expert_steps
+        self.prefix_shots = prefix_shots
 
     def init_extra(self, params: Params) -> Params:
         """Generator and discriminator parameters (seeded: the same every time)."""
@@ -180,16 +191,16 @@ class GAILMeta(GradientMetaAlgorithm):
             GEN + "in.weight": uniform((gh, h + 1), h + 1), GEN + "in.bias": zeros(gh),
             # zero output layer: the generator starts as the plain prototype classifier
             GEN + "out.weight": zeros(h + 1, gh), GEN + "out.bias": zeros(h + 1),
-            GEN + "log_scale": torch.tensor(math.log(self.init_scale), dtype=dtype),
-            GEN + "shrink": torch.tensor(0.5, dtype=dtype), GEN + "tau": zeros(),
+            GEN + "log_scale_d10": torch.tensor(math.log(self.init_scale) / SCALAR_RATE, dtype=dtype),
+            GEN + "shrink_d10": torch.tensor(0.5 / SCALAR_RATE, dtype=dtype), GEN + "tau_d10": zeros(),
             DISC + "in.weight": uniform((dh, N_FEATURES), N_FEATURES), DISC + "in.bias": zeros(dh),
             DISC + "out.weight": uniform((1, dh), dh), DISC + "out.bias": zeros(1),
         }
 
     def project_extra(self, extra: Params) -> None:
         with torch.no_grad():
-            extra[GEN + "log_scale"].clamp_(*LOG_SCALE_BOUNDS)
-            extra[GEN + "shrink"].clamp_(0.0, 1.0)
+            extra[GEN + "log_scale_d10"].clamp_(LOG_SCALE_BOUNDS[0] / SCALAR_RATE, LOG_SCALE_BOUNDS[1] / SCALAR_RATE)
+            extra[GEN + "shrink_d10"].clamp_(0.0, 1.0 / SCALAR_RATE)
 
     def adapted_names(self, model: nn.Module, params: Params) -> tuple[str, ...]:
         return head_names(model)
@@ -201,7 +212,8 @@ class GAILMeta(GradientMetaAlgorithm):
 
     @staticmethod
     def init_extra_keys() -> tuple[str, ...]:
-        return tuple(GEN + k for k in ("in.weight", "in.bias", "out.weight", "out.bias", "log_scale", "shrink", "tau")) \
+        return tuple(GEN + k for k in ("in.weight", "in.bias", "out.weight", "out.bias",
+                                       "log_scale_d10", "shrink_d10", "tau_d10")) \
             + tuple(DISC + k for k in ("in.weight", "in.bias", "out.weight", "out.bias"))
 
     def generated(self, model: nn.Module, params: Params, extra: Params, x: torch.Tensor, y: torch.Tensor, *,
@@ -236,8 +248,10 @@ class GAILMeta(GradientMetaAlgorithm):
         wn, bn = head_names(model)
         gen = self.generated(model, params, extra, episode.support_x, episode.support_y, steps=steps, lr=lr,
                              create_graph=True)
-        logits = body(model, gen, episode.query_x) @ gen[wn].t() + gen[bn]
+        q_feats = body(model, gen, episode.query_x)
+        logits = q_feats @ gen[wn].t() + gen[bn]
         query = F.cross_entropy(logits, episode.query_y)
+        prefix = self.prefix_loss(model, params, extra, episode, q_feats, steps=steps, lr=lr)
         with torch.enable_grad():
             spec = InnerLoop(steps if self.expert_steps is None else self.expert_steps, lr, tuple(params), "first")
             expert = reference_adapt(model, params, {}, spec, episode.support_x, episode.support_y)
@@ -252,8 +266,32 @@ class GAILMeta(GradientMetaAlgorithm):
         adv = F.softplus(-d_fake)
         with torch.no_grad():
             before = F.cross_entropy(body(model, params, episode.query_x) @ params[wn].t() + params[bn], episode.query_y)
-        return {"generator": query + self.adversarial_weight * adv, "adversarial": adv, "discriminator": disc_loss,
+        return {"generator": query + prefix + self.adversarial_weight * adv, "adversarial": adv, "prefix": prefix,
+                "discriminator": disc_loss,
                 "expert": e_query, "expert_params": expert, "query_loss": query, "query_loss_before": before}  # type: ignore[dict-item]
+
+    def prefix_loss(self, model: nn.Module, params: Params, extra: Params, episode: Episode, q_feats: torch.Tensor, *,
+                    steps: int, lr: float) -> torch.Tensor:
+        """Mean over ``m = 1 .. min(prefix_shots, |support| - 1)`` of the query loss of the head
+        generated (and refined) from the support's first ``m`` rows, scored on the rest of the
+        episode. The stream's episodes have supports of 1, 6, 11, ... records, but a task's
+        records 2-5 are predicted from heads of 1-4 records with classes still unseen: this is
+        that distribution, so the generator and body learn few-shot recognition and "not
+        seen yet" from it (differentiable in ``params`` and the generator)."""
+        n = min(self.prefix_shots, len(episode.support_y) - 1)
+        if n < 1:
+            return q_feats.sum() * 0
+        feats = body(model, params, episode.support_x)
+        classes = params[head_names(model)[0]].shape[0]
+        total = q_feats.sum() * 0
+        for m in range(1, n + 1):
+            w, b = generate_head(extra, feats[:m], episode.support_y[:m], classes)
+            if steps and not w.requires_grad:  # nothing to differentiate through (a finite-difference probe)
+                w, b = w.detach().requires_grad_(), b.detach().requires_grad_()
+            w, b = refine_head(w, b, feats[:m], episode.support_y[:m], steps, lr, create_graph=True)
+            rest = torch.cat([feats[m:], q_feats])
+            total = total + F.cross_entropy(rest @ w.t() + b, torch.cat([episode.support_y[m:], episode.query_y]))
+        return total / n
 
     def meta_gradient(self, model: nn.Module, params: Params, extra: Params, episodes: Sequence[Episode], *,
                       steps: int, lr: float) -> tuple[Params, Params, dict[str, Any]]:

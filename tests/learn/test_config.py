@@ -36,7 +36,8 @@ def test_algorithm_options_table_matches_the_constructors():
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_every_option_an_algorithm_takes_reaches_it(name):
     own = {opt: value for opt, value in (("first_order", True), ("head", ("2.weight",)), ("max_scale", 2.0),
-                                         ("adversarial_weight", 0.3), ("generator_hidden", 7), ("expert_steps", 2))
+                                         ("adversarial_weight", 0.3), ("generator_hidden", 7), ("expert_steps", 2),
+                                         ("prefix_shots", 2))
            if name in groups.ALGORITHM_OPTIONS[opt]}
     loss = "ce" if name == "gail-meta" else "mse"  # gail-meta generates a classifier
     inner = InnerLoopConfig(algorithm=name, loss=loss, max_inner_lr=3.0, backend="reference", **own)

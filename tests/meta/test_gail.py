@@ -13,7 +13,7 @@ from tests.meta.helpers import float64_params, random_episodes
 from stream_meta.learn.config import InnerLoopConfig, MetaStepConfig, ModelConfig
 from stream_meta.learn.learner import OnlineMetaLearner
 from stream_meta.meta import get_algorithm, meta_step
-from stream_meta.meta.gail import DISC, GEN, body, head_names
+from stream_meta.meta.gail import DISC, GEN, SCALAR_RATE, body, head_names
 
 STEPS, LR = 2, 0.3
 
@@ -42,7 +42,8 @@ def test_generated_head_is_the_last_layer_with_its_shapes(relu_mlp):
     # At initialisation (zero residual) the head is the prototype classifier:
     # w_c = 2 s p_c, b_c = -s |p_c|^2 for each class present in the support set.
     feats = body(relu_mlp, theta, ep.support_x)
-    s = float(extra[GEN + "log_scale"].exp())
+    s = float((SCALAR_RATE * extra[GEN + "log_scale_d10"]).exp())
+    assert s == pytest.approx(alg.init_scale)
     for c in ep.support_y.unique().tolist():
         p = feats[ep.support_y == c].mean(0)
         torch.testing.assert_close(fast["4.weight"][c], 2 * s * p)
@@ -75,7 +76,7 @@ def test_generator_and_discriminator_gradients_equal_finite_differences(relu_mlp
     h = 1e-6
     checked = 0
     for key, which in ((GEN + "in.weight", "generator"), (GEN + "out.weight", "generator"),
-                       (GEN + "log_scale", "generator"), (GEN + "tau", "generator"),
+                       (GEN + "log_scale_d10", "generator"), (GEN + "tau_d10", "generator"),
                        (DISC + "in.weight", "discriminator"), (DISC + "out.bias", "discriminator")):
         flat = extra[key].reshape(-1)
         for i in range(0, flat.numel(), max(1, flat.numel() // 4)):
@@ -174,3 +175,47 @@ def test_resumed_deterministic_file_run_equals_an_uninterrupted_one(tmp_path):
     fresh = build_service(_cfg(tmp_path / "c", src, max_records=1, **kw), CollectorRegistry())
     fresh.run()
     assert describe_checkpoint(tmp_path / "c" / "ckpt")["extra_sha256"] != a["extra_sha256"]
+
+
+def test_prefix_term_is_the_query_loss_of_heads_from_the_first_support_rows(relu_mlp):
+    # The reference: for m = 1..N, the head generated (and refined) from the support's first
+    # m rows, scored on the rest of the episode; their mean is added to the generator's loss.
+    import torch.nn.functional as F
+
+    from stream_meta.meta.gail import generate_head, refine_head
+
+    theta = float64_params(relu_mlp)
+    alg = get_algorithm("gail-meta", prefix_shots=3)
+    extra = perturbed(alg.init_extra(theta))
+    ep = random_episodes(1, in_dim=5, classes=3, support=6, query=4)[0]
+    o = alg.objectives(relu_mlp, theta, extra, ep, steps=STEPS, lr=LR)
+    feats, q = body(relu_mlp, theta, ep.support_x), body(relu_mlp, theta, ep.query_x)
+    losses = []
+    for m in (1, 2, 3):
+        w, b = generate_head(extra, feats[:m], ep.support_y[:m], 3)
+        w, b = refine_head(w.requires_grad_(), b.requires_grad_(), feats[:m], ep.support_y[:m], STEPS, LR, False)
+        rest_y = torch.cat([ep.support_y[m:], ep.query_y])
+        losses.append(F.cross_entropy(torch.cat([feats[m:], q]) @ w.t() + b, rest_y))
+    torch.testing.assert_close(o["prefix"], sum(losses) / 3)
+    assert float(o["prefix"].detach()) > 0
+    torch.testing.assert_close(o["generator"], o["query_loss"] + o["prefix"] + alg.adversarial_weight * o["adversarial"])
+    off = get_algorithm("gail-meta", prefix_shots=0).objectives(relu_mlp, theta, extra, ep, steps=STEPS, lr=LR)
+    assert float(off["prefix"]) == 0.0
+    torch.testing.assert_close(off["generator"], off["query_loss"] + alg.adversarial_weight * off["adversarial"])
+    # a one-row support has no prefix to learn from: the term is zero, not an error
+    one = random_episodes(1, in_dim=5, classes=3, support=1, query=4)[0]
+    assert float(alg.objectives(relu_mlp, theta, extra, one, steps=STEPS, lr=LR)["prefix"]) == 0.0
+    with pytest.raises(ValueError, match="prefix_shots must be >= 0"):
+        get_algorithm("gail-meta", prefix_shots=-1)
+
+
+def test_state_written_with_the_unscaled_scalar_keys_is_refused_not_misread():
+    # Before the scalars were stored divided by SCALAR_RATE they were keyed without "_d10":
+    # such a state must fail by name (the daemon turns this into its checkpoint-mismatch error).
+    m = OnlineMetaLearner(ModelConfig(4, 3, (8,)), inner_cfg=InnerLoopConfig(algorithm="gail-meta", steps=1))
+    state = m.state_dict()
+    state["extra"] = {k.replace("_d10", ""): v for k, v in state["extra"].items()}
+    assert GEN + "tau" in state["extra"]
+    with pytest.raises(KeyError, match="gail.gen.log_scale"):
+        OnlineMetaLearner(ModelConfig(4, 3, (8,)), inner_cfg=InnerLoopConfig(algorithm="gail-meta", steps=1)
+                          ).load_state_dict(state)
