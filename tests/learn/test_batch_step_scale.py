@@ -4,28 +4,14 @@ learns together. One episode per update (``--learn-batch 1``) learns exactly as 
 import pytest
 import torch
 
-from stream_meta.learn.config import (
-    BATCH_STEP_SCALES, MAX_BATCH_STEP_SCALE, InnerLoopConfig, MetaStepConfig, ModelConfig, ReplayConfig,
-)
+from stream_meta.learn.config import BATCH_STEP_SCALES, MAX_BATCH_STEP_SCALE, MetaStepConfig
 from stream_meta.learn.learner import OnlineMetaLearner
-
-MODEL = ModelConfig(6, 3, (16,))
+from tests.learn import two_tasks
+from tests.learn.two_tasks import rows as _rows
 
 
 def _learner(scale: str, algorithm: str = "reptile", **meta) -> OnlineMetaLearner:
-    fields = {"support_size": 6, "query_size": 3, "episode_stride": 2, "replay_per_update": 2, **meta}
-    return OnlineMetaLearner(MODEL, inner_cfg=InnerLoopConfig(algorithm=algorithm),
-                             meta_cfg=MetaStepConfig(batch_step_scale=scale, **fields),
-                             replay_cfg=ReplayConfig(episode_capacity=50, memory_capacity=20, memory_query=3))
-
-
-def _rows(n: int, seed: int = 0) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(2, 3, 6, generator=g) * 2
-    tasks = [f"task-{(i // 20) % 2}" for i in range(n)]
-    y = torch.randint(3, (n,), generator=g)
-    x = torch.stack([centers[int(t[-1]), int(c)] for t, c in zip(tasks, y)]) + 0.3 * torch.randn(n, 6, generator=g)
-    return tasks, x, y
+    return two_tasks.learner(algorithm, batch_step_scale=scale, **meta)
 
 
 def test_step_scale_rules_and_bound():
@@ -91,12 +77,12 @@ def test_the_sgd_baseline_scales_its_steps_and_restores_its_own_lr_from_a_checkp
     from stream_meta.learn.sgd import OnlineSGDLearner
 
     tasks, x, y = _rows(20)
-    scaled, doubled = OnlineSGDLearner(MODEL, lr=0.1), OnlineSGDLearner(MODEL, lr=0.2)
+    scaled, doubled = OnlineSGDLearner(two_tasks.MODEL, lr=0.1), OnlineSGDLearner(two_tasks.MODEL, lr=0.2)
     scaled.scale_meta_steps(2.0)
     for learner in (scaled, doubled):
         learner.learn_batch(tasks, x, y)
     for k in doubled.params:
         assert torch.allclose(scaled.params[k], doubled.params[k], atol=1e-6), k
-    fresh = OnlineSGDLearner(MODEL, lr=0.1)
+    fresh = OnlineSGDLearner(two_tasks.MODEL, lr=0.1)
     fresh.load_state_dict(scaled.state_dict())  # saved while in a group of 2, restored alone
     assert fresh.optimizer.param_groups[0]["lr"] == 0.1

@@ -5,26 +5,14 @@ episode (``each``, with ``batch_inner_steps`` inner steps) or one step on all of
 import pytest
 import torch
 
-from stream_meta.learn.config import BATCH_UPDATES, InnerLoopConfig, MetaStepConfig, ModelConfig, ReplayConfig
+from stream_meta.learn.config import BATCH_UPDATES, MetaStepConfig
 from stream_meta.learn.learner import OnlineMetaLearner
-
-MODEL = ModelConfig(6, 3, (16,))
+from tests.learn import two_tasks
+from tests.learn.two_tasks import rows as _rows
 
 
 def _learner(update: str, algorithm: str = "reptile", **meta) -> OnlineMetaLearner:
-    fields = {"support_size": 6, "query_size": 3, "episode_stride": 2, "replay_per_update": 2, **meta}
-    return OnlineMetaLearner(MODEL, inner_cfg=InnerLoopConfig(algorithm=algorithm),
-                             meta_cfg=MetaStepConfig(batch_update=update, **fields),
-                             replay_cfg=ReplayConfig(episode_capacity=50, memory_capacity=20, memory_query=3))
-
-
-def _rows(n: int, seed: int = 0) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(2, 3, 6, generator=g) * 2
-    tasks = [f"task-{(i // 20) % 2}" for i in range(n)]
-    y = torch.randint(3, (n,), generator=g)
-    x = torch.stack([centers[int(t[-1]), int(c)] for t, c in zip(tasks, y)]) + 0.3 * torch.randn(n, 6, generator=g)
-    return tasks, x, y
+    return two_tasks.learner(algorithm, batch_update=update, **meta)
 
 
 def _adam_steps(learner: OnlineMetaLearner) -> int:
