@@ -8,6 +8,7 @@ error naming it, not a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 
 
@@ -44,3 +45,18 @@ def one_of(*allowed: str) -> Callable[[str], list[str]]:
             raise ValueError(item)
         return item
     return lambda text: _items(text, check, f"one of {', '.join(allowed)}")
+
+
+def json_settings(text: str) -> dict:
+    """A ``--set`` value: a JSON object of run settings (checked by the config when used).
+
+    >>> json_settings('{"learn_batch": 10}')
+    {'learn_batch': 10}
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of settings, got {text!r}")
+    return value

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from stream_meta.bench.args import json_settings
 from stream_meta.daemon.stats import POSITION_BUCKETS
 from stream_meta.learn.presets import DEFAULT_PRESET, PRESETS
 
@@ -75,8 +76,10 @@ def river_protocols(args: argparse.Namespace) -> list[Protocol]:
             for s in river_streams(args.river_per_segment, args.river_task_free, args.seed)]
 
 
-def run_daemon_on(path: Path, proto: Protocol, preset: str, seed: int, work: Path) -> dict:
-    """One daemon life over the file: the same config, factory and loop as ``stream-meta run``."""
+def run_daemon_on(path: Path, proto: Protocol, preset: str, seed: int, work: Path,
+                  settings: dict | None = None) -> dict:
+    """One daemon life over the file: the same config, factory and loop as ``stream-meta run``;
+    ``settings`` are further run settings (``--set``), e.g. ``{"learn_batch": 10}``."""
     from prometheus_client import CollectorRegistry
 
     from stream_meta.daemon.app import build_service
@@ -85,7 +88,7 @@ def run_daemon_on(path: Path, proto: Protocol, preset: str, seed: int, work: Pat
     cfg = load_config({}, env={}, overrides={
         "preset": preset, "input_file": path, "input_dim": proto.input_dim, "num_classes": proto.num_classes,
         "stop_at_end": True, "metrics_port": None, "seed": seed, "torch_threads": 1, "log_level": "WARNING",
-        "checkpoint_dir": work / f"ckpt-{proto.name}-{preset}-{time.monotonic_ns()}",
+        "checkpoint_dir": work / f"ckpt-{proto.name}-{preset}-{time.monotonic_ns()}", **(settings or {}),
     })
     return build_service(cfg, CollectorRegistry()).run()
 
@@ -179,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--river-task-free", type=int, default=800, help="records of each task-free synthetic stream")
     p.add_argument("--no-river", action="store_true", help="leave out River's streams and baselines")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", type=json_settings, default={}, help='further run settings for every candidate, as '
+                   'JSON, e.g. \'{"learn_batch": 10, "batch_update": "one"}\' (compare settings run by run)')
     p.add_argument("--json", type=Path, default=None, help="write every figure here")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                    help="run nothing: rank the protocols of earlier --json files together (e.g. runs of "
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{proto.name}: {len(proto.records)} records, {proto.description}", flush=True)
             rows: dict[str, dict] = {}
             for preset in candidates:
-                s = run_daemon_on(path, proto, preset, args.seed, work)
+                s = run_daemon_on(path, proto, preset, args.seed, work, args.set)
                 rows[preset] = {k: s[k] for k in ("prequential_accuracy", "accuracy_by_task_position",
                                                   "records_per_second", "meta_updates")}
             if proto.name.startswith("river-"):

@@ -163,8 +163,9 @@ class RunConfig(BaseModel):
         "each", description="with --learn-batch N > 1, a task's one meta-update per batch takes one outer step "
         "per new episode, oldest first, as N = 1 would (each: with batch_inner_steps inner steps), or one step "
         "on all of them together (one: inner_steps, scaled by batch_step_scale); N = 1 is unchanged")
-    batch_inner_steps: int = Field(1, ge=1, le=100, description="with batch_update each and N > 1: inner steps "
-                                   "of each outer step (1 is cheap: one pass over the step's records)")
+    batch_inner_steps: int | None = Field(None, ge=1, le=100, description="with batch_update each and N > 1: inner "
+                                          "steps of each outer step (default: inner_steps, as N = 1 takes them; 1 is "
+                                          "cheap, one pass over the step's records, and loses on few-shot streams)")
     sgd_lr: float = Field(0.1, gt=0, le=10, description="step size of the sgd baseline (algorithm sgd)")
     support_size: int = Field(20, ge=1, description="support records per episode at most")
     query_size: int = Field(5, ge=1, description="query records per episode")

@@ -138,9 +138,10 @@ class MetaStepConfig:
     an Adam step of ``meta_lr``. A learn batch that completed ``k`` episodes of a task
     makes one meta-update. With ``batch_update="each"`` (the default) that meta-update
     takes one outer step per new episode, oldest first, as one record at a time would,
-    each with its own replayed episodes and memory records but ``batch_inner_steps``
-    inner steps (1: a cheap step, so a large batch keeps one record at a time's number of
-    steps without its cost); with ``"one"`` it takes one step on all ``k`` episodes
+    each with its own replayed episodes and memory records and ``batch_inner_steps``
+    inner steps (``None``: the inner loop's, as one record at a time takes them; 1: a cheap
+    step, one pass over its records, that trains the initialisation for one step and so
+    loses on few-shot streams); with ``"one"`` it takes one step on all ``k`` episodes
     together, its size multiplied by :meth:`step_scale` (``batch_step_scale``). A learn
     batch of one record (``--learn-batch 1``) learns exactly as before either way.
 
@@ -157,12 +158,13 @@ class MetaStepConfig:
     max_tasks: int = 1000
     batch_step_scale: str = "none"
     batch_update: str = "each"
-    batch_inner_steps: int = 1
+    batch_inner_steps: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.batch_update in BATCH_UPDATES,
                f"unknown batch_update {self.batch_update!r}; choose one of {', '.join(BATCH_UPDATES)}")
-        _check(self.batch_inner_steps >= 1, f"batch_inner_steps must be >= 1, got {self.batch_inner_steps}")
+        _check(self.batch_inner_steps is None or self.batch_inner_steps >= 1,
+               f"batch_inner_steps must be >= 1 or None, got {self.batch_inner_steps}")
         _check(self.batch_step_scale in BATCH_STEP_SCALES,
                f"unknown batch_step_scale {self.batch_step_scale!r}; choose one of {', '.join(BATCH_STEP_SCALES)}")
         _check(self.meta_lr > 0, f"meta_lr must be > 0, got {self.meta_lr}")

@@ -260,11 +260,12 @@ class OnlineMetaLearner:
     def _meta_update(self, episodes: list[Episode], report: LearnReport, batched: bool = False) -> None:
         """The one meta-update of a task for its new ``episodes`` (every one its learn batch
         completed). One record at a time, or ``batch_update="one"``: one outer step on all
-        of them. A batch of several records with ``"each"``: one cheap outer step per
-        episode, oldest first (``batch_inner_steps`` inner steps), as one record at a time
-        would take them, so a large batch does not take fewer steps."""
+        of them. A batch of several records with ``"each"``: one outer step per episode,
+        oldest first (``batch_inner_steps`` inner steps, by default the inner loop's), as one
+        record at a time would take them, so a large batch does not take fewer steps."""
         if batched and self.meta_cfg.batch_update == "each":
-            steps = [([e], self.meta_cfg.batch_inner_steps, 1.0) for e in episodes]
+            inner = self.meta_cfg.batch_inner_steps or self.inner_cfg.steps
+            steps = [([e], inner, 1.0) for e in episodes]
         else:
             steps = [(episodes, self.inner_cfg.steps, self.meta_cfg.step_scale(len(episodes)))]
         last: Episode | None = None

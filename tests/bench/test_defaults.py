@@ -55,3 +55,22 @@ def test_a_tiny_run_writes_every_protocol_and_learner(tmp_path, capsys):
     assert 0 <= sea["fomaml"]["prequential_accuracy"] <= 1 and sea["fomaml"]["meta_updates"] > 0
     assert data["best"] in ("sgd", "fomaml")
     assert "best across protocols" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_set_reaches_every_candidates_daemon(tmp_path):
+    def run(*extra: str) -> dict:
+        out = tmp_path / f"d{len(extra)}.json"
+        assert main(["--presets", "reptile+er-tuned", "--protocols", "digits-rotations", "--digits-tasks", "2",
+                     "--digits-per-task", "60", "--no-river", "--data-dir", str(tmp_path), "--json", str(out),
+                     *extra]) == 0
+        return json.loads(out.read_text())["protocols"]["digits-rotations"]["reptile+er-tuned"]
+
+    # One meta-update per task per learn batch: batches of 20 make fewer than one record at a time.
+    assert run("--set", '{"learn_batch": 20, "batch_update": "one"}')["meta_updates"] < run()["meta_updates"]
+
+
+@pytest.mark.parametrize("bad", ["[1]", "{learn_batch: 10}"])
+def test_set_must_be_a_json_object(bad):
+    with pytest.raises(SystemExit):
+        main(["--set", bad, "--no-river"])

@@ -149,4 +149,4 @@ def test_batch_update_and_its_inner_steps_reach_the_meta_step_group(source, tmp_
     cfg = _via(source, "batch_inner_steps", "reptile", "3", 3, tmp_path)
     assert cfg.meta_cfg.batch_inner_steps == build_learner(cfg).meta_cfg.batch_inner_steps == 3
     default = RunConfig(**SMALL).meta_cfg
-    assert (default.batch_update, default.batch_inner_steps) == ("each", 1)
+    assert (default.batch_update, default.batch_inner_steps) == ("each", None)
