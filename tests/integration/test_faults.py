@@ -62,25 +62,35 @@ def _kill_9_cycles(bootstrap, topic, ckpt, summary, extra, cycles=6, seed=11) ->
     rng, kills = random.Random(seed), 0
     for _ in range(cycles):
         port = free_port()
-        proc = _daemon(bootstrap, topic, "crashy", ckpt, summary, port, "--stop-at-end", *extra)
-        deadline, start = time.monotonic() + 120, None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                consumed = _scrape(port).get("stream_meta_records_consumed_total", 0)
-            except OSError:
-                consumed = None
-            if consumed is not None:
-                start = consumed if start is None else start
-                if consumed > start:
-                    break
-            time.sleep(0.05)
-        if proc.poll() is not None:
-            break  # finished before it could be killed
-        time.sleep(rng.uniform(0.0, 1.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc = _daemon(bootstrap, topic, crashy_group(topic), ckpt, summary, port, "--stop-at-end", *extra)
+        try:
+            deadline, start = time.monotonic() + 120, None
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    consumed = _scrape(port).get("stream_meta_records_consumed_total", 0)
+                except OSError:
+                    consumed = None
+                if consumed is not None:
+                    start = consumed if start is None else start
+                    if consumed > start:
+                        break
+                time.sleep(0.05)
+            if proc.poll() is not None:
+                break  # finished before it could be killed
+            time.sleep(rng.uniform(0.0, 1.5))
+        finally:
+            # Also when the test fails or times out here: a daemon left running stays a member of
+            # its consumer group and stalls the rebalances of whatever joins that group later.
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
         kills += 1
     return kills
+
+
+def crashy_group(topic: str) -> str:
+    """The killed daemons' consumer group: one per topic, so the tests sharing a broker never
+    join each other's groups (a member killed during a rebalance can hold a group's next join)."""
+    return f"crashy.{topic}"
 
 
 @pytest.mark.parametrize("learn_batch", [1, 16])
@@ -96,7 +106,7 @@ def test_kill_9_many_times_learns_every_record_exactly_once(broker, tmp_path, le
     batching = ("--learn-batch", str(learn_batch), "--max-batch-wait-ms", "600000")
 
     # the reference: one uninterrupted run in its own group
-    ref = _daemon(broker.bootstrap, topic, "ref", tmp_path / "ref", tmp_path / "ref.json", 0, "--stop-at-end",
+    ref = _daemon(broker.bootstrap, topic, f"ref.{topic}", tmp_path / "ref", tmp_path / "ref.json", 0, "--stop-at-end",
                   *batching)
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
     reference = json.loads((tmp_path / "ref.json").read_text())
@@ -104,8 +114,11 @@ def test_kill_9_many_times_learns_every_record_exactly_once(broker, tmp_path, le
 
     ckpt, summary = tmp_path / "crashy", tmp_path / "crashy.json"
     kills = _kill_9_cycles(broker.bootstrap, topic, ckpt, summary, batching, seed=7)
-    final = _daemon(broker.bootstrap, topic, "crashy", ckpt, summary, 0, "--stop-at-end", *batching)
-    assert final.wait(timeout=300) == 0, final.stderr.read()
+    final = _daemon(broker.bootstrap, topic, crashy_group(topic), ckpt, summary, 0, "--stop-at-end", *batching)
+    try:
+        assert final.wait(timeout=300) == 0, final.stderr.read()
+    finally:
+        final.kill()
     result = json.loads(summary.read_text())
     assert kills >= 3
     assert result["records_consumed"] == len(records)

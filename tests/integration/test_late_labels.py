@@ -19,7 +19,7 @@ from stream_meta.daemon.records import encode
 from stream_meta.data.datasets import stream
 from stream_meta.data.local_broker import create_topics
 from tests.integration.conftest import consume_all
-from tests.integration.test_faults import _daemon, _digest, _kill_9_cycles
+from tests.integration.test_faults import _daemon, _digest, _kill_9_cycles, crashy_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -67,11 +67,12 @@ def test_late_labels_are_learned_once_across_kill_9_and_digest_matches(broker, t
         # the same messages in time order on one topic: what the merge must reproduce
         create_topics(broker.bootstrap, {f"{topic}.one": 1})
         _produce_late(broker.bootstrap, f"{topic}.one", f"{topic}.one", n)
-        one = _daemon(broker.bootstrap, f"{topic}.one", "one", tmp_path / "one", tmp_path / "one.json", 0,
+        one = _daemon(broker.bootstrap, f"{topic}.one", f"one.{topic}", tmp_path / "one", tmp_path / "one.json", 0,
                       "--stop-at-end", "--task-mode", "field")
         assert one.wait(timeout=300) == 0, one.stderr.read()
 
-    ref = _daemon(broker.bootstrap, topic, "ref", tmp_path / "ref", tmp_path / "ref.json", 0, "--stop-at-end", *extra)
+    ref = _daemon(broker.bootstrap, topic, f"ref.{topic}", tmp_path / "ref", tmp_path / "ref.json", 0, "--stop-at-end",
+                  *extra)
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
     reference = json.loads((tmp_path / "ref.json").read_text())
     assert reference["records_consumed"] == sent == 2 * n
@@ -84,8 +85,11 @@ def test_late_labels_are_learned_once_across_kill_9_and_digest_matches(broker, t
 
     ckpt, summary = tmp_path / "crashy", tmp_path / "crashy.json"
     kills = _kill_9_cycles(broker.bootstrap, topic, ckpt, summary, extra)
-    final = _daemon(broker.bootstrap, topic, "crashy", ckpt, summary, 0, "--stop-at-end", *extra)
-    assert final.wait(timeout=300) == 0, final.stderr.read()
+    final = _daemon(broker.bootstrap, topic, crashy_group(topic), ckpt, summary, 0, "--stop-at-end", *extra)
+    try:
+        assert final.wait(timeout=300) == 0, final.stderr.read()
+    finally:
+        final.kill()
     result = json.loads(summary.read_text())
     assert kills >= 3
     assert result["records_consumed"] == 2 * n
@@ -105,9 +109,9 @@ def test_records_far_ahead_of_their_labels_topic_pause_and_learn_as_one_topic(br
     create_topics(broker.bootstrap, {topic: 1, f"{topic}.labels": 1, f"{topic}.one": 1})
     _produce_late(broker.bootstrap, topic, f"{topic}.labels", n)
     _produce_late(broker.bootstrap, f"{topic}.one", f"{topic}.one", n)
-    two = _daemon(broker.bootstrap, topic, "two", tmp_path / "two", tmp_path / "two.json", 0, "--stop-at-end",
+    two = _daemon(broker.bootstrap, topic, f"two.{topic}", tmp_path / "two", tmp_path / "two.json", 0, "--stop-at-end",
                   "--task-mode", "field", "--labels-topic", f"{topic}.labels")
-    one = _daemon(broker.bootstrap, f"{topic}.one", "one", tmp_path / "one", tmp_path / "one.json", 0,
+    one = _daemon(broker.bootstrap, f"{topic}.one", f"one.{topic}", tmp_path / "one", tmp_path / "one.json", 0,
                   "--stop-at-end", "--task-mode", "field")
     assert two.wait(timeout=300) == 0, two.stderr.read()
     assert one.wait(timeout=300) == 0, one.stderr.read()
