@@ -82,7 +82,8 @@ def round_cost(flags: list[str], rounds: int = 30) -> dict:
 
     from stream_meta.daemon.app import build_learner
     from stream_meta.daemon.config import load_config
-    from stream_meta.daemon.sync import Sync, SyncMetrics, SyncSettings
+    from stream_meta.daemon.sync import Sync
+    from stream_meta.daemon.sync_config import SyncMetrics, SyncSettings
 
     cfg, port = load_config(_as_flags(flags), env={}), free_port()
     learners = [build_learner(cfg) for _ in range(2)]

@@ -6,7 +6,7 @@ blocking rounds every ``--sync-every`` meta-updates: each member learns until it
 due (or its share ends), then the members' shared tensors are averaged with :class:`Sync`'s
 weights (the members that learned since the last round), SlowMo's step
 (:class:`~stream_meta.daemon.slowmo.SlowMomentum`) and step scaling
-(:func:`~stream_meta.daemon.sync.step_factor`). Same seed, same figures as the real daemons'
+(:func:`~stream_meta.daemon.sync_config.step_factor`). Same seed, same figures as the real daemons'
 (it reproduced every accuracy of the README's 10-task table), without processes or gloo,
 several times faster; it says nothing about speed, faults or overlapped rounds.
 """
@@ -24,7 +24,7 @@ from stream_meta.bench.args import floats, ints, one_of
 from stream_meta.bench.members import member_of
 from stream_meta.bench.scaleout import _as_flags, accuracy_of
 from stream_meta.daemon.slowmo import SlowMomentum
-from stream_meta.daemon.sync import LR_SCALES, step_factor
+from stream_meta.daemon.sync_config import LR_SCALES, step_factor
 
 Row = tuple[str, torch.Tensor, int]  # task, x, y
 

@@ -19,7 +19,8 @@ from stream_meta.daemon.service import Service
 from stream_meta.daemon.sinks import Sinks
 from stream_meta.daemon.stats import RunStats
 from stream_meta.daemon.labels import LabelDecoder
-from stream_meta.daemon.sync import NoSync, Sync, SyncMetrics, settings_from_env
+from stream_meta.daemon.sync import NoSync, Sync
+from stream_meta.daemon.sync_config import SyncMetrics, settings_from_env
 from stream_meta.daemon.wire import BatchDecoder
 from stream_meta.learn.pending import PendingStore
 from stream_meta.learn.tasks import TaskRouter

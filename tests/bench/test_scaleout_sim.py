@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stream_meta.bench.scaleout_sim import shares, simulate
-from stream_meta.daemon.sync import LR_SCALES, step_factor
+from stream_meta.daemon.sync_config import LR_SCALES, step_factor
 
 FLAGS = ["--input-dim", "64", "--num-classes", "10"]
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from stream_meta.daemon.sync import NoSync, Sync, SyncMetrics, SyncSettings, settings_from_env
+from stream_meta.daemon.sync import NoSync, Sync
+from stream_meta.daemon.sync_config import SyncMetrics, SyncSettings, settings_from_env
 from stream_meta.errors import ConfigError
 from stream_meta.learn.config import ModelConfig
 from stream_meta.learn.learner import OnlineMetaLearner

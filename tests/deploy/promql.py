@@ -76,7 +76,7 @@ def scaleout_families() -> dict[str, set[str]]:
     on a member of a group (WORLD_SIZE > 1), so a lone daemon's scrape has none of them."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from stream_meta.daemon.sync import SyncMetrics
+    from stream_meta.daemon.sync_config import SyncMetrics
 
     registry = CollectorRegistry()
     SyncMetrics(registry)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from stream_meta.daemon.config import RunConfig, load_config
-from stream_meta.daemon.sync import settings_from_env
+from stream_meta.daemon.sync_config import settings_from_env
 from tests.deploy.settings import DEPLOY, env_settings
 
 K8S_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
