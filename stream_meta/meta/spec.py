@@ -134,20 +134,27 @@ class TaskBatch:
         """Episodes of different sizes (same feature shapes) in one batch: support rows
         padded to the largest support set, then query rows to the largest query set."""
         t = len(episodes)
-        s_max = max(e.support_x.shape[0] for e in episodes)
-        q_max = max(e.query_x.shape[0] for e in episodes)
+        sizes = [(e.support_x.shape[0], e.query_x.shape[0]) for e in episodes]
+        s_max, q_max = max(s for s, _ in sizes), max(q for _, q in sizes)
         first = episodes[0]
-        x = first.support_x.new_zeros((t, s_max + q_max, *first.support_x.shape[1:]))
-        y = first.support_y.new_zeros((t, s_max + q_max, *first.support_y.shape[1:]))
-        inner_w = x.new_zeros((t, s_max + q_max if order == "reptile" else s_max))
-        query_w = x.new_zeros((t, q_max))
-        for i, e in enumerate(episodes):
-            s, q = e.support_x.shape[0], e.query_x.shape[0]
-            x[i, :s], y[i, :s] = e.support_x, e.support_y
-            x[i, s_max:s_max + q], y[i, s_max:s_max + q] = e.query_x, e.query_y
-            inner = s + q if order == "reptile" else s
-            inner_w[i, :s] = 1 / inner
+        # One cat per tensor instead of a slice copy per episode: this runs once per outer step.
+        zx = first.support_x.new_zeros((max(s_max, q_max), *first.support_x.shape[1:]))
+        zy = first.support_y.new_zeros((max(s_max, q_max), *first.support_y.shape[1:]))
+        xs: list[torch.Tensor] = []
+        ys: list[torch.Tensor] = []
+        inner_w: list[float] = []
+        query_w: list[float] = []
+        for e, (s, q) in zip(episodes, sizes):
+            xs += [e.support_x, zx[:s_max - s], e.query_x, zx[:q_max - q]]
+            ys += [e.support_y, zy[:s_max - s], e.query_y, zy[:q_max - q]]
+            w = 1 / (s + q if order == "reptile" else s)
+            inner_w += [w] * s + [0.0] * (s_max - s)
             if order == "reptile":
-                inner_w[i, s_max:s_max + q] = 1 / inner
-            query_w[i, :q] = 1 / q
-        return TaskBatch(x, y, inner_w.shape[1], s_max, inner_w, query_w)
+                inner_w += [w] * q + [0.0] * (q_max - q)
+            query_w += [1 / q] * q + [0.0] * (q_max - q)
+        x = torch.cat(xs).view(t, s_max + q_max, *first.support_x.shape[1:])
+        y = torch.cat(ys).view(t, s_max + q_max, *first.support_y.shape[1:])
+        # Python floats rounded to the dtype, as the per-slot assignment rounded them.
+        inner = torch.tensor(inner_w, dtype=x.dtype, device=x.device).view(t, -1)
+        query = torch.tensor(query_w, dtype=x.dtype, device=x.device).view(t, q_max)
+        return TaskBatch(x, y, inner.shape[1], s_max, inner, query)
