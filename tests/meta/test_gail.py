@@ -22,7 +22,10 @@ def perturbed(extra, seed=3):
     """Generator and discriminator away from their initial values (a zero output layer
     would make the generator's first layer's gradient trivially zero)."""
     g = torch.Generator().manual_seed(seed)
-    return {k: v + 0.3 * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in extra.items()}
+    # the scalars (stored divided by SCALAR_RATE) by 0.3 in their own units, not 3: a scale at
+    # its clamp would have a zero gradient and the finite-difference check would prove nothing
+    return {k: v + (0.3 / SCALAR_RATE if k.endswith("_d10") else 0.3) * torch.randn(v.shape, generator=g, dtype=v.dtype)
+            for k, v in extra.items()}
 
 
 def mean_objective(alg, model, theta, extra, eps, which):
@@ -76,7 +79,7 @@ def test_generator_and_discriminator_gradients_equal_finite_differences(relu_mlp
     h = 1e-6
     checked = 0
     for key, which in ((GEN + "in.weight", "generator"), (GEN + "out.weight", "generator"),
-                       (GEN + "log_scale_d10", "generator"), (GEN + "tau_d10", "generator"),
+                       (GEN + "log_scale_d10", "generator"), (GEN + "unseen_d10", "generator"),
                        (DISC + "in.weight", "discriminator"), (DISC + "out.bias", "discriminator")):
         flat = extra[key].reshape(-1)
         for i in range(0, flat.numel(), max(1, flat.numel() // 4)):
@@ -215,7 +218,49 @@ def test_state_written_with_the_unscaled_scalar_keys_is_refused_not_misread():
     m = OnlineMetaLearner(ModelConfig(4, 3, (8,)), inner_cfg=InnerLoopConfig(algorithm="gail-meta", steps=1))
     state = m.state_dict()
     state["extra"] = {k.replace("_d10", ""): v for k, v in state["extra"].items()}
-    assert GEN + "tau" in state["extra"]
+    assert GEN + "unseen" in state["extra"]
     with pytest.raises(KeyError, match="gail.gen.log_scale"):
+        OnlineMetaLearner(ModelConfig(4, 3, (8,)), inner_cfg=InnerLoopConfig(algorithm="gail-meta", steps=1)
+                          ).load_state_dict(state)
+
+
+def test_unseen_bias_is_relative_to_the_feature_scale_and_decides_unseen_records():
+    # Two seen classes at (3, 0, 0) and (0, 3, 0); a record at (0, 0, 3) is unlike both.
+    from stream_meta.meta.gail import UNSEEN_BOUNDS, generate_head
+
+    alg = get_algorithm("gail-meta")
+    theta = {"2.weight": torch.zeros(4, 3, dtype=torch.float64)}
+    extra = {k: v.double() for k, v in alg.init_extra(theta).items()}
+    feats = torch.tensor([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([1, 3])
+    q = torch.tensor([[2.9, 0.2, 0.1], [0.1, 3.1, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64)
+
+    def logits(kappa, scale=1.0):
+        ex = {**extra, GEN + "unseen_d10": torch.tensor(kappa / SCALAR_RATE, dtype=torch.float64)}
+        w, b = generate_head(ex, scale * feats, y, 4)
+        return (scale * q) @ w.t() + b
+
+    # absent classes (0, 2) share one row: a tie, so the lowest unseen label is the call
+    assert logits(0.2).argmax(1).tolist() == [1, 3, 0]  # unlike both prototypes: "not seen yet"
+    assert logits(0.8).argmax(1).tolist() == [0, 0, 0]  # bias too high: everything is "not seen yet"
+    assert logits(UNSEEN_BOUNDS[0]).argmax(1).tolist() == [1, 3, 1]  # bias at its floor: always a seen label
+    # the bias scales with the features: features x a -> every logit x a^2, the same calls
+    for a in (0.01, 100.0):
+        torch.testing.assert_close(logits(0.2, a), a * a * logits(0.2))
+    # bounded: beyond the bound kappa is clamped, in the head and in the stored value
+    torch.testing.assert_close(logits(50.0), logits(UNSEEN_BOUNDS[1]))
+    stored = {k: v.clone() for k, v in extra.items()}
+    stored[GEN + "unseen_d10"].fill_(50.0)
+    alg.project_extra(stored)
+    assert float(SCALAR_RATE * stored[GEN + "unseen_d10"]) == pytest.approx(UNSEEN_BOUNDS[1])
+
+
+def test_state_with_the_absolute_tau_key_is_refused_by_name():
+    # Before the relative "not seen yet" bias, the generator's bias was an absolute tau;
+    # a checkpoint holding it must fail by name, not load half its generator.
+    m = OnlineMetaLearner(ModelConfig(4, 3, (8,)), inner_cfg=InnerLoopConfig(algorithm="gail-meta", steps=1))
+    state = m.state_dict()
+    state["extra"] = {k.replace("unseen_d10", "tau_d10"): v for k, v in state["extra"].items()}
+    with pytest.raises(KeyError, match="gail.gen.tau_d10"):
         OnlineMetaLearner(ModelConfig(4, 3, (8,)), inner_cfg=InnerLoopConfig(algorithm="gail-meta", steps=1)
                           ).load_state_dict(state)
