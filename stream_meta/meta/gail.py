@@ -9,9 +9,7 @@ last), with class prototypes ``p_c`` (mean of ``f(x)`` over the support rows of 
 - seen class: ``w_c = 2 s p_c + R_w(p_c)``, ``b_c = -s |p_c|^2 + R_b(p_c)``, so at
   initialisation (``R = 0``) the head is a nearest-prototype classifier;
 - class absent from the support: the prototype ``g p̄`` (``g`` in ``[0, 1]``), bias
-  ``-s g^2 |p̄|^2 + s kappa v`` with ``v`` the support's mean ``|f(x_i)|^2`` and ``kappa`` in
-  ``[-4, 4]`` learned: "none of the seen classes" wins when ``f(x)`` is far from them, far
-  measured relative to the features' own scale (so it holds while the body's scale moves).
+  ``-s g^2 |p̄|^2 + tau``: "none of the seen classes" wins when ``f(x)`` is far from them.
 
 Zero gradient steps are needed; ``steps`` inner SGD steps on the head then refine it
 (differentiated through, second order). The meta-learned head in ``params`` is the
@@ -61,8 +59,7 @@ GEN = "gail.gen."
 DISC = "gail.disc."
 N_FEATURES = 6  # query statistics the discriminator sees
 LOG_SCALE_BOUNDS = (-8.0, 3.0)
-UNSEEN_BOUNDS = (-4.0, 4.0)  # kappa: "not seen yet" bias in units of s * mean |f|^2 of the support
-# The generator's scalars (log-scale, shrink, unseen) are stored divided by this: Adam moves a
+# The generator's scalars (log-scale, shrink, tau) are stored divided by this: Adam moves a
 # parameter by about meta_lr per step whatever its scale, and these must travel O(1) (the
 # temperature, the "not seen yet" bias) within the first few hundred meta-updates, where
 # weights of O(0.1) need only O(0.01) steps. Their keys say so (``_d10``): a checkpoint
@@ -109,13 +106,7 @@ def generate_head(gen: Params, feats: torch.Tensor, y: torch.Tensor, classes: in
     w_seen = 2 * s * protos + res[:, :-1]
     b_seen = -s * protos.pow(2).sum(1) + res[:, -1]
     w_none = (2 * s * g * mean).expand_as(w_seen)
-    # The "not seen yet" bias is relative to the support's own feature scale: the body's
-    # features grow while it learns, and an absolute bias would have to chase them (so it
-    # lagged at the start of a stream, where a task's first records are most of what a
-    # learner gets wrong). With features scaled by a, every logit scales by a^2: the same
-    # kappa makes the same calls.
-    kappa = (SCALAR_RATE * gen[GEN + "unseen_d10"]).clamp(*UNSEEN_BOUNDS)
-    b_none = (-s * g * g * mean.pow(2).sum() + s * kappa * feats.pow(2).sum(1).mean()).expand_as(b_seen)
+    b_none = (-s * g * g * mean.pow(2).sum() + SCALAR_RATE * gen[GEN + "tau_d10"]).expand_as(b_seen)
     return seen * w_seen + (1 - seen) * w_none, seen[:, 0] * b_seen + (1 - seen[:, 0]) * b_none
 
 
@@ -201,7 +192,7 @@ class GAILMeta(GradientMetaAlgorithm):
             # zero output layer: the generator starts as the plain prototype classifier
             GEN + "out.weight": zeros(h + 1, gh), GEN + "out.bias": zeros(h + 1),
             GEN + "log_scale_d10": torch.tensor(math.log(self.init_scale) / SCALAR_RATE, dtype=dtype),
-            GEN + "shrink_d10": torch.tensor(0.5 / SCALAR_RATE, dtype=dtype), GEN + "unseen_d10": zeros(),
+            GEN + "shrink_d10": torch.tensor(0.5 / SCALAR_RATE, dtype=dtype), GEN + "tau_d10": zeros(),
             DISC + "in.weight": uniform((dh, N_FEATURES), N_FEATURES), DISC + "in.bias": zeros(dh),
             DISC + "out.weight": uniform((1, dh), dh), DISC + "out.bias": zeros(1),
         }
@@ -210,7 +201,6 @@ class GAILMeta(GradientMetaAlgorithm):
         with torch.no_grad():
             extra[GEN + "log_scale_d10"].clamp_(LOG_SCALE_BOUNDS[0] / SCALAR_RATE, LOG_SCALE_BOUNDS[1] / SCALAR_RATE)
             extra[GEN + "shrink_d10"].clamp_(0.0, 1.0 / SCALAR_RATE)
-            extra[GEN + "unseen_d10"].clamp_(UNSEEN_BOUNDS[0] / SCALAR_RATE, UNSEEN_BOUNDS[1] / SCALAR_RATE)
 
     def adapted_names(self, model: nn.Module, params: Params) -> tuple[str, ...]:
         return head_names(model)
@@ -223,7 +213,7 @@ class GAILMeta(GradientMetaAlgorithm):
     @staticmethod
     def init_extra_keys() -> tuple[str, ...]:
         return tuple(GEN + k for k in ("in.weight", "in.bias", "out.weight", "out.bias",
-                                       "log_scale_d10", "shrink_d10", "unseen_d10")) \
+                                       "log_scale_d10", "shrink_d10", "tau_d10")) \
             + tuple(DISC + k for k in ("in.weight", "in.bias", "out.weight", "out.bias"))
 
     def generated(self, model: nn.Module, params: Params, extra: Params, x: torch.Tensor, y: torch.Tensor, *,

@@ -79,7 +79,7 @@ def test_generator_and_discriminator_gradients_equal_finite_differences(relu_mlp
     h = 1e-6
     checked = 0
     for key, which in ((GEN + "in.weight", "generator"), (GEN + "out.weight", "generator"),
-                       (GEN + "log_scale_d10", "generator"), (GEN + "unseen_d10", "generator"),
+                       (GEN + "log_scale_d10", "generator"), (GEN + "tau_d10", "generator"),
                        (DISC + "in.weight", "discriminator"), (DISC + "out.bias", "discriminator")):
         flat = extra[key].reshape(-1)
         for i in range(0, flat.numel(), max(1, flat.numel() // 4)):
@@ -218,15 +218,17 @@ def test_state_written_with_the_unscaled_scalar_keys_is_refused_not_misread():
     m = OnlineMetaLearner(ModelConfig(4, 3, (8,)), inner_cfg=InnerLoopConfig(algorithm="gail-meta", steps=1))
     state = m.state_dict()
     state["extra"] = {k.replace("_d10", ""): v for k, v in state["extra"].items()}
-    assert GEN + "unseen" in state["extra"]
+    assert GEN + "tau" in state["extra"]
     with pytest.raises(KeyError, match="gail.gen.log_scale"):
         OnlineMetaLearner(ModelConfig(4, 3, (8,)), inner_cfg=InnerLoopConfig(algorithm="gail-meta", steps=1)
                           ).load_state_dict(state)
 
 
-def test_unseen_bias_is_relative_to_the_feature_scale_and_decides_unseen_records():
-    # Two seen classes at (3, 0, 0) and (0, 3, 0); a record at (0, 0, 3) is unlike both.
-    from stream_meta.meta.gail import UNSEEN_BOUNDS, generate_head
+
+def test_a_record_unlike_every_seen_class_gets_an_unseen_label_as_tau_says():
+    # Two seen classes at (3, 0, 0) and (0, 3, 0); a record at (0, 0, 3) is unlike both. The
+    # absent classes' shared row wins exactly when tau (the "not seen yet" bias) is high enough.
+    from stream_meta.meta.gail import generate_head
 
     alg = get_algorithm("gail-meta")
     theta = {"2.weight": torch.zeros(4, 3, dtype=torch.float64)}
@@ -235,32 +237,13 @@ def test_unseen_bias_is_relative_to_the_feature_scale_and_decides_unseen_records
     y = torch.tensor([1, 3])
     q = torch.tensor([[2.9, 0.2, 0.1], [0.1, 3.1, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64)
 
-    def logits(kappa, scale=1.0):
-        ex = {**extra, GEN + "unseen_d10": torch.tensor(kappa / SCALAR_RATE, dtype=torch.float64)}
-        w, b = generate_head(ex, scale * feats, y, 4)
-        return (scale * q) @ w.t() + b
+    def calls(tau):
+        w, b = generate_head({**extra, GEN + "tau_d10": torch.tensor(tau / SCALAR_RATE, dtype=torch.float64)}, feats, y, 4)
+        return (q @ w.t() + b).argmax(1).tolist()
 
-    # absent classes (0, 2) share one row: a tie, so the lowest unseen label is the call
-    assert logits(0.2).argmax(1).tolist() == [1, 3, 0]  # unlike both prototypes: "not seen yet"
-    assert logits(0.8).argmax(1).tolist() == [0, 0, 0]  # bias too high: everything is "not seen yet"
-    assert logits(UNSEEN_BOUNDS[0]).argmax(1).tolist() == [1, 3, 1]  # bias at its floor: always a seen label
-    # the bias scales with the features: features x a -> every logit x a^2, the same calls
-    for a in (0.01, 100.0):
-        torch.testing.assert_close(logits(0.2, a), a * a * logits(0.2))
-    # bounded: beyond the bound kappa is clamped, in the head and in the stored value
-    torch.testing.assert_close(logits(50.0), logits(UNSEEN_BOUNDS[1]))
-    stored = {k: v.clone() for k, v in extra.items()}
-    stored[GEN + "unseen_d10"].fill_(50.0)
-    alg.project_extra(stored)
-    assert float(SCALAR_RATE * stored[GEN + "unseen_d10"]) == pytest.approx(UNSEEN_BOUNDS[1])
-
-
-def test_state_with_the_absolute_tau_key_is_refused_by_name():
-    # Before the relative "not seen yet" bias, the generator's bias was an absolute tau;
-    # a checkpoint holding it must fail by name, not load half its generator.
-    m = OnlineMetaLearner(ModelConfig(4, 3, (8,)), inner_cfg=InnerLoopConfig(algorithm="gail-meta", steps=1))
-    state = m.state_dict()
-    state["extra"] = {k.replace("unseen_d10", "tau_d10"): v for k, v in state["extra"].items()}
-    with pytest.raises(KeyError, match="gail.gen.tau_d10"):
-        OnlineMetaLearner(ModelConfig(4, 3, (8,)), inner_cfg=InnerLoopConfig(algorithm="gail-meta", steps=1)
-                          ).load_state_dict(state)
+    # s = 0.1, g = 0.5: the absent row is the prototype (0.75, 0.75, 0) with bias tau; against the
+    # record at (0, 0, 3) it wins when tau > -0.1 * (18 - 10.125), the seen records' calls hold
+    # while tau < 0.1 * (4.9 - 0.06); absent classes (0, 2) tie, so the lowest label is the call
+    assert calls(0.0) == [1, 3, 0]
+    assert calls(-1.0) == [1, 3, 1]  # too low: the new record gets a seen label
+    assert calls(1.0) == [0, 0, 0]  # too high: everything is "not seen yet"
