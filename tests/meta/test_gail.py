@@ -224,7 +224,6 @@ def test_state_written_with_the_unscaled_scalar_keys_is_refused_not_misread():
                           ).load_state_dict(state)
 
 
-
 def test_a_record_unlike_every_seen_class_gets_an_unseen_label_as_tau_says():
     # Two seen classes at (3, 0, 0) and (0, 3, 0); a record at (0, 0, 3) is unlike both. The
     # absent classes' shared row wins exactly when tau (the "not seen yet" bias) is high enough.
