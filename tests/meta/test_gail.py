@@ -22,7 +22,10 @@ def perturbed(extra, seed=3):
     """Generator and discriminator away from their initial values (a zero output layer
     would make the generator's first layer's gradient trivially zero)."""
     g = torch.Generator().manual_seed(seed)
-    return {k: v + 0.3 * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in extra.items()}
+    # the scalars (stored divided by SCALAR_RATE) by 0.3 in their own units, not 3: a scale at
+    # its clamp would have a zero gradient and the finite-difference check would prove nothing
+    return {k: v + (0.3 / SCALAR_RATE if k.endswith("_d10") else 0.3) * torch.randn(v.shape, generator=g, dtype=v.dtype)
+            for k, v in extra.items()}
 
 
 def mean_objective(alg, model, theta, extra, eps, which):
@@ -219,3 +222,27 @@ def test_state_written_with_the_unscaled_scalar_keys_is_refused_not_misread():
     with pytest.raises(KeyError, match="gail.gen.log_scale"):
         OnlineMetaLearner(ModelConfig(4, 3, (8,)), inner_cfg=InnerLoopConfig(algorithm="gail-meta", steps=1)
                           ).load_state_dict(state)
+
+
+def test_a_record_unlike_every_seen_class_gets_an_unseen_label_as_tau_says():
+    # Two seen classes at (3, 0, 0) and (0, 3, 0); a record at (0, 0, 3) is unlike both. The
+    # absent classes' shared row wins exactly when tau (the "not seen yet" bias) is high enough.
+    from stream_meta.meta.gail import generate_head
+
+    alg = get_algorithm("gail-meta")
+    theta = {"2.weight": torch.zeros(4, 3, dtype=torch.float64)}
+    extra = {k: v.double() for k, v in alg.init_extra(theta).items()}
+    feats = torch.tensor([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([1, 3])
+    q = torch.tensor([[2.9, 0.2, 0.1], [0.1, 3.1, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64)
+
+    def calls(tau):
+        w, b = generate_head({**extra, GEN + "tau_d10": torch.tensor(tau / SCALAR_RATE, dtype=torch.float64)}, feats, y, 4)
+        return (q @ w.t() + b).argmax(1).tolist()
+
+    # s = 0.1, g = 0.5: the absent row is the prototype (0.75, 0.75, 0) with bias tau; against the
+    # record at (0, 0, 3) it wins when tau > -0.1 * (18 - 10.125), the seen records' calls hold
+    # while tau < 0.1 * (4.9 - 0.06); absent classes (0, 2) tie, so the lowest label is the call
+    assert calls(0.0) == [1, 3, 0]
+    assert calls(-1.0) == [1, 3, 1]  # too low: the new record gets a seen label
+    assert calls(1.0) == [0, 0, 0]  # too high: everything is "not seen yet"
