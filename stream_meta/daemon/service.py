@@ -67,7 +67,7 @@ class Service:
     router: TaskRouter = field(default_factory=lambda: TaskRouter("field"))
     pending: PendingStore = field(default_factory=PendingStore)
     labels: LabelDecoder | None = None
-    sync: Sync | NoSync = field(default_factory=NoSync)  # scale-out averaging (daemon/sync.py, settings in daemon/sync_config.py)
+    sync: Sync | NoSync = field(default_factory=NoSync)  # scale-out averaging (daemon/sync.py)
     offsets: Offsets = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
