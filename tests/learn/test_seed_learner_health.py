@@ -36,3 +36,17 @@ def test_health_carries_the_algorithms_metric(algorithm, metric):
 
 def test_other_algorithms_report_none():
     assert _learn("fomaml", 8).health().learner_metrics == {}
+
+
+def test_a_state_whose_learned_tensors_have_other_names_is_refused_before_anything_is_loaded():
+    """The neural optimiser's state from before its step sizes (``rule.scale.*`` absent):
+    refused naming what differs; the learner keeps its own state."""
+    learner = _learn("neural-optimizer", 8)
+    old = learner.state_dict()
+    old["extra"] = {k: v for k, v in old["extra"].items() if not k.startswith("rule.scale.")}
+    fresh = OnlineMetaLearner(ModelConfig(6, 3, (8,)), inner_cfg=InnerLoopConfig(algorithm="neural-optimizer", steps=2))
+    before = {k: v.clone() for k, v in fresh.params.items()}
+    with pytest.raises(ValueError, match=r"learned tensors differ .*not in it: rule\.scale\.0\.bias"):
+        fresh.load_state_dict(old)
+    assert all(torch.equal(fresh.params[k], v) for k, v in before.items())
+    assert fresh.meta_updates == 0
