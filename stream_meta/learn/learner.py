@@ -223,6 +223,7 @@ class OnlineMetaLearner:
                 if fast is not None:
                     self._fast[task] = (self._adapt(self.params, self.episodes.window(task), self.inner_cfg.steps)
                                         if getattr(self.alg, "generates", False)  # regenerating is the cheap refresh
+                                        or getattr(self.alg, "restarts", False)
                                         else self._adapt(fast, self.episodes.window(task), 1))
         for i in kept:
             self.memory.add(tasks[i], x[i], int(y[i]), self._rng)
