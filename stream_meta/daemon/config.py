@@ -133,7 +133,7 @@ class RunConfig(BaseModel):
                               "(no differentiation through the inner steps)")
     head: tuple[str, ...] | None = Field(None, description="anil only: parameter names the inner loop adapts, "
                                          "e.g. 2.weight,2.bias; None = the last layer")
-    max_scale: float | None = Field(None, gt=0, description="metasgd, lamaml only: upper bound of the learned "
+    max_scale: float | None = Field(None, gt=0, description="metasgd, lamaml, neural-optimizer only: upper bound of the learned "
                                     "step-size multipliers; None = the algorithm's own (10)")
     net_hidden: int | None = Field(None, ge=1, description="neural-optimizer, lmml only: width of the learned "
                                    "update rule's or loss's network; None = the algorithm's own (16)")

@@ -34,7 +34,7 @@ BATCH_UPDATES = ("each", "one")
 ALGORITHM_OPTIONS: dict[str, tuple[str, ...]] = {
     "first_order": ("anil", "lamaml", "metasgd", "neural-optimizer"),
     "head": ("anil",),
-    "max_scale": ("lamaml", "metasgd"),
+    "max_scale": ("lamaml", "metasgd", "neural-optimizer"),
     "adversarial_weight": ("gail-meta",),
     "generator_hidden": ("gail-meta",),
     "expert_steps": ("gail-meta",),
@@ -71,7 +71,7 @@ class InnerLoopConfig:
     ``steps`` SGD steps of size ``lr`` on ``loss`` (``"mse"`` regresses the logits on
     one-hot labels). The remaining fields are the algorithm's own options, passed to
     it unchanged: ``first_order`` (metasgd, lamaml, anil), ``head`` (anil: names of
-    the parameters adapted; default the last layer), ``max_scale`` (metasgd, lamaml:
+    the parameters adapted; default the last layer), ``max_scale`` (metasgd, lamaml, neural-optimizer:
     bound of the learned step-size multipliers; ``None`` = the algorithm's default),
     ``max_inner_lr`` and ``backend`` (every algorithm); ``net_hidden`` and ``net_bound``
     (neural-optimizer, lmml: width of the learned rule's or loss's network and the bound

@@ -223,6 +223,7 @@ class OnlineMetaLearner:
                 if fast is not None:
                     self._fast[task] = (self._adapt(self.params, self.episodes.window(task), self.inner_cfg.steps)
                                         if getattr(self.alg, "generates", False)  # regenerating is the cheap refresh
+                                        or getattr(self.alg, "restarts", False)
                                         else self._adapt(fast, self.episodes.window(task), 1))
         for i in kept:
             self.memory.add(tasks[i], x[i], int(y[i]), self._rng)
@@ -395,6 +396,16 @@ class OnlineMetaLearner:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        # The learned tensors' names say what they mean (e.g. the neural optimiser's step
+        # sizes, added later): a checkpoint with other names is refused before anything is copied.
+        missing, unknown = sorted(set(self.extra) - set(state["extra"])), sorted(set(state["extra"]) - set(self.extra))
+        if missing or unknown:
+            def show(names: list[str]) -> str:
+                return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "") or "none"
+
+            raise ValueError(f"{self.alg.name}'s learned tensors differ from the checkpoint's (this learner's not in it: "
+                             f"{show(missing)}; in it, not this learner's: {show(unknown)}): "
+                             "written by another version or settings of the learner")
         with torch.no_grad():
             for k, v in state["params"].items():
                 self.params[k].copy_(v)

@@ -8,7 +8,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from stream_meta.cli.checkpoint_inspect import describe_checkpoint
-from stream_meta.daemon.app import build_service
+from stream_meta.daemon.app import build_service, config_fingerprint
+from stream_meta.daemon.checkpoint import CheckpointStore
 from stream_meta.daemon.config import load_config
 from stream_meta.errors import CheckpointMismatchError
 from tests.daemon.test_service_file import _write
@@ -64,3 +65,21 @@ def test_lmml_with_modulation_is_refused_on_a_directory_written_without_it(tmp_p
     build_service(_cfg(tmp_path / "a", src, "lmml", net_modulate=True, max_records=50), CollectorRegistry()).run()
     with pytest.raises(CheckpointMismatchError, match="net_modulate True \\(now False\\)"):
         build_service(_cfg(tmp_path / "a", src, "lmml", stop_at_end=True), CollectorRegistry()).run()
+
+
+@pytest.mark.slow
+def test_a_neural_optimizer_checkpoint_without_step_sizes_is_refused(tmp_path):
+    """A checkpoint of the neural optimiser before its rule took Meta-SGD's step sizes
+    (``rule.scale.*`` absent: the same algorithm name and width) is refused with the
+    names that differ, not loaded with the step sizes left at their start."""
+    src = tmp_path / "in.jsonl"
+    _write(src, 60)
+    build_service(_cfg(tmp_path / "a", src, "neural-optimizer", max_records=50), CollectorRegistry()).run()
+    store = CheckpointStore(tmp_path / "a", fingerprint=config_fingerprint(_cfg(tmp_path / "a", src, "neural-optimizer")))
+    ckpt = store.load_latest()
+    learner = ckpt.state["learner"]
+    assert any(k.startswith("rule.scale.") for k in learner["extra"])
+    learner["extra"] = {k: v for k, v in learner["extra"].items() if not k.startswith("rule.scale.")}  # the old layout
+    store.save(ckpt.state, ckpt.offsets, {k: v for k, v in ckpt.manifest.items() if k not in ("seq", "sha256", "bytes")})
+    with pytest.raises(CheckpointMismatchError, match="learned tensors differ .*not in it: rule.scale.0.bias, rule.scale.0.weight"):
+        build_service(_cfg(tmp_path / "a", src, "neural-optimizer", stop_at_end=True), CollectorRegistry()).run()

@@ -74,14 +74,52 @@ def test_at_initialisation_they_are_sgd_and_maml(tanh_mlp, name, options, equal_
 
 
 def test_the_neural_optimisers_update_is_bounded():
-    rule = CoordinatewiseMLP(hidden=8, bound=1.5)
+    """Network outputs bounded by ``B``, step sizes by ``max_scale`` (the weights at 100)."""
+    rule = CoordinatewiseMLP(hidden=8, bound=1.5, max_scale=2.0)
     p, g = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
     meta = {k: 100 * torch.ones_like(v) for k, v in rule.init_params({"w": p}, ("w",)).items()}
     state = rule.init_state({"w": p}, meta)
     new, state = rule.step({"w": p}, {"w": g}, state, meta, lr=0.1)
-    limit = 0.1 * (math.exp(1.5) * g.abs() + 1.5 * g.pow(2).mean().sqrt())
+    limit = 0.1 * 2.0 * (math.exp(1.5) * g.abs() + 1.5 * g.pow(2).mean().sqrt())
     assert bool(((new["w"] - p).abs() <= limit + 1e-12).all())
+    assert bool(((new["w"] - p).abs() > 0.1 * 1.0 * g.abs()).any())  # the multipliers act (beyond 1)
     assert state["t"] == 1 and len(state["m"]) == 3  # per-task optimiser state is carried
+
+
+def test_the_neural_optimisers_step_sizes_are_projected_into_their_bounds():
+    rule = CoordinatewiseMLP(hidden=4, max_scale=3.0)
+    extra = rule.init_params({"w": torch.zeros(3)}, ("w",))
+    extra["rule.scale.w"] = torch.tensor([-1.0, 2.0, 7.0])
+    extra["rule.w2"] = torch.full((4, 2), 9.0)
+    rule.project(extra)
+    assert extra["rule.scale.w"].tolist() == [0.0, 2.0, 3.0]
+    assert bool((extra["rule.w2"] == 9.0).all())  # the network's weights are not clamped
+    with pytest.raises(ValueError, match=r"rule.scale.v"):
+        rule.check(extra, ("w", "v"))
+
+
+def test_with_its_network_at_zero_the_neural_optimiser_is_meta_sgd(tanh_mlp):
+    """Moved step sizes, the network's output layer at zero: the same fast weights as
+    Meta-SGD with those step sizes, the same meta-gradient of the model's parameters and
+    of the step sizes (Meta-SGD's ``extra`` under the parameters' own names)."""
+    theta = _theta(tanh_mlp)
+    eps = random_episodes(3, in_dim=3, classes=3)
+    ours, metasgd = get_algorithm("neural-optimizer"), get_algorithm("metasgd")
+    scales = _moved(metasgd.init_extra(theta), seed=4)
+    extra = {**_moved(ours.init_extra(theta)), **{f"rule.scale.{k}": v for k, v in scales.items()}}
+    extra["rule.w2"], extra["rule.b2"] = torch.zeros_like(extra["rule.w2"]), torch.zeros_like(extra["rule.b2"])
+    ep = eps[0]
+    fast = ours.adapt(tanh_mlp, theta, extra, ep.support_x, ep.support_y, steps=3, lr=0.3)
+    want = metasgd.adapt(tanh_mlp, theta, scales, ep.support_x, ep.support_y, steps=3, lr=0.3)
+    sgd = get_algorithm("maml").adapt(tanh_mlp, theta, {}, ep.support_x, ep.support_y, steps=3, lr=0.3)
+    grads, extra_grads, _ = ours.meta_gradient(tanh_mlp, theta, extra, eps, steps=3, lr=0.3)
+    want_grads, want_scale_grads, _ = metasgd.meta_gradient(tanh_mlp, theta, scales, eps, steps=3, lr=0.3)
+    for k in theta:
+        torch.testing.assert_close(fast[k], want[k], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(grads[k], want_grads[k], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(extra_grads[f"rule.scale.{k}"], want_scale_grads[k], rtol=1e-10, atol=1e-12)
+    assert any(not torch.allclose(fast[k], sgd[k]) for k in theta)  # the step sizes moved it off SGD
+    assert float(extra_grads["rule.w2"].abs().max()) > 0  # the network still learns from here
 
 
 def test_the_learned_loss_term_is_bounded_and_zero_at_init():
@@ -133,8 +171,8 @@ def test_options_are_checked():
 
 
 def _per_tensor_step(rule, fast, grads, state, meta, lr):
-    """The neural optimiser's step written out tensor by tensor (its first form): the
-    reference for the flat, one-call-per-step form the rule runs."""
+    """The neural optimiser's step written out tensor by tensor (its first form, with the
+    step sizes): the reference for the flat, one-call-per-step form the rule runs."""
     t, out = state["t"], {}
     m = [{k: b * state["m"][i][k] + (1 - b) * g for k, g in grads.items()} for i, b in enumerate((0.5, 0.9, 0.99))]
     v = {k: 0.999 * state["v"][k] + 0.001 * g * g for k, g in grads.items()}
@@ -146,7 +184,8 @@ def _per_tensor_step(rule, fast, grads, state, meta, lr):
         o = torch.tanh(torch.tanh(x @ meta["rule.w1"] + meta["rule.b1"]) @ meta["rule.w2"] + meta["rule.b2"])
         d, s = o[:, 0].reshape(g.shape), o[:, 1].reshape(g.shape)
         rms = torch.sqrt(g.pow(2).mean() + 1e-12)
-        out[k] = fast[k] - lr * (torch.exp(rule.bound * s) * g + rule.bound * d * rms)
+        a = meta[f"rule.scale.{k}"].clamp(0.0, rule.max_scale)
+        out[k] = fast[k] - lr * a * (torch.exp(rule.bound * s) * g + rule.bound * d * rms)
     return out, {"t": t + 1, "m": m, "v": v}
 
 
@@ -154,7 +193,7 @@ def test_the_neural_optimisers_flat_step_equals_the_per_tensor_rule(tanh_mlp):
     """Several steps, moved weights, tensors of different shapes (a bias of 1 entry too):
     the flat step gives the per-tensor reference's fast weights and the same gradients
     of its weights."""
-    rule = CoordinatewiseMLP(hidden=8, bound=0.7)
+    rule = CoordinatewiseMLP(hidden=8, bound=0.7, max_scale=1.2)  # some moved step sizes clamped
     g = torch.Generator().manual_seed(3)
     fast = {"a": torch.randn(4, 3, generator=g, dtype=torch.float64), "b": torch.randn(1, generator=g, dtype=torch.float64),
             "c": torch.randn(5, generator=g, dtype=torch.float64)}
