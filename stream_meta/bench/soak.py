@@ -107,14 +107,12 @@ def _base_records(dataset: str, limit: int, data_dir: str, fmt: str) -> list[tup
 
 def child(args: argparse.Namespace) -> dict:
     """One stream length in this process; returns the figures (printed as JSON by ``main``)."""
-    import torch
     from prometheus_client import CollectorRegistry
 
-    from stream_meta.daemon.app import build_service
+    from stream_meta.daemon.app import build_service, configure_torch
     from stream_meta.daemon.config import load_config
     from stream_meta.data.datasets import info
 
-    torch.set_num_threads(1)
     meta = info(args.dataset)
     base = _base_records(args.dataset, args.base_records, args.data_dir, args.format)
     with tempfile.TemporaryDirectory(prefix="stream-meta-soak-") as tmp:
@@ -124,6 +122,7 @@ def child(args: argparse.Namespace) -> dict:
                  "learn_batch": args.learn_batch, "stop_at_end": True, "checkpoint_dir": Path(tmp) / "ckpt",
                  "log_level": "WARNING", **json.loads(args.set)}
         cfg = load_config(flags)
+        configure_torch(cfg)  # as the daemon: one thread (the default), subnormals flushed unless --set says not
         service = build_service(cfg, CollectorRegistry())
         samples: list[dict] = []
         step = max(1, args.records // 10)

@@ -45,15 +45,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def run_daemon(cfg) -> dict:
     """Builds the service from ``cfg``, serves its endpoints, runs it until stopped."""
-    import torch
     from prometheus_client import CollectorRegistry
 
-    from stream_meta.daemon.app import build_service, check_local_settings
+    from stream_meta.daemon.app import build_service, check_local_settings, configure_torch
     from stream_meta.daemon.http import HealthServer
 
-    torch.set_num_threads(1 if cfg.deterministic else cfg.torch_threads)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
+    configure_torch(cfg)
     # Operator mistakes first (checkpoint directory, input file, metrics port and host), so each
     # is the one line printed, before anything is logged, built or connected.
     check_local_settings(cfg)

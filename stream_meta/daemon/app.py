@@ -44,6 +44,19 @@ def check_local_settings(cfg: RunConfig) -> CheckpointStore:
     return store
 
 
+def configure_torch(cfg: RunConfig) -> None:
+    """Process-wide torch settings, before anything is built: threads, determinism, subnormals.
+
+    Flush-to-zero is set on the calling thread, the one that learns with one torch thread
+    (the default); values below ~1e-38 become 0, which no learner here can tell apart."""
+    import torch
+
+    torch.set_num_threads(1 if cfg.deterministic else cfg.torch_threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.set_flush_denormal(cfg.flush_denormal)
+
+
 def build_learner(cfg: RunConfig) -> Learner:
     """The learner ``cfg.algorithm`` names, handed its configuration groups whole."""
     if cfg.algorithm == "sgd":

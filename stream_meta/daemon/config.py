@@ -187,6 +187,9 @@ class RunConfig(BaseModel):
     fast_weight_cache: int = Field(16, ge=1, description="tasks whose adapted fast weights are cached (LRU, checkpointed)")
     seed: int = 0
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest next to other busy processes)")
+    flush_denormal: bool = Field(True, description="flush subnormal floats to zero on the learning thread: a long "
+                                 "run's gradients and Adam moments drift into the subnormal range, where CPU "
+                                 "float math is several times slower (bench soak)")
     # --- metrics, checkpoints, logs ----------------------------------------
     metrics_port: int | None = Field(9108, ge=0, le=65535, description="HTTP /metrics /healthz /readyz port; 0 = any free")
     metrics_host: str = Field("127.0.0.1", description="bind address of the HTTP endpoints")

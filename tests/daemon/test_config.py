@@ -61,3 +61,19 @@ def test_secrets_are_masked_in_the_startup_dump():
     dumped = cfg.masked()
     assert dumped["sasl_password"] == "**********" and "hunter2" not in str(dumped)
     assert cfg.sasl_password.get_secret_value() == "hunter2"
+
+
+def test_configure_torch_flushes_subnormals_unless_told_not_to():
+    import torch
+
+    from stream_meta.daemon.app import configure_torch
+
+    threads = torch.get_num_threads()
+    try:
+        configure_torch(load_config(_flags([]), env={}))  # the default: flushed
+        assert torch.tensor([1e-323], dtype=torch.float64).item() == 0.0
+        configure_torch(load_config(_flags(["--no-flush-denormal"]), env={}))
+        assert torch.tensor([1e-323], dtype=torch.float64).item() > 0.0
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
